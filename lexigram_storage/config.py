@@ -1,0 +1,335 @@
+"""Configuration: ``StorageConfig`` (pydantic-settings, ``LEX_STORAGE__*``) and per-driver models.
+
+Precedence: explicit keyword values > ``LEX_STORAGE__*`` environment > defaults. When the
+provider gets no config it reads the application's ``storage:`` section (YAML, with the
+framework's ``LEX_STORAGE__*`` overrides) and validates it with this same model.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from lexigram_storage.payload import UploadPolicy
+
+__all__ = [
+    "BUILTIN_DRIVERS",
+    "EncryptionConfig",
+    "NamedStorageConfig",
+    "StorageAzureConfig",
+    "StorageConfig",
+    "StorageDriversConfig",
+    "StorageGCSConfig",
+    "StorageLocalConfig",
+    "StorageMemoryConfig",
+    "StorageOperationConfig",
+    "StorageR2Config",
+    "StorageS3Config",
+]
+
+BUILTIN_DRIVERS: tuple[str, ...] = ("local", "memory", "s3", "r2", "gcs", "azure")
+DriverName = Literal["local", "memory", "s3", "r2", "gcs", "azure"]
+MiB = 1024 * 1024
+
+_WEAK_SECRETS = frozenset({
+    "change-me", "changeme", "change_me", "changeit", "password", "passwd", "secret",
+    "minioadmin", "admin", "root", "test", "testing", "example", "default", "dummy",
+    "your-secret-key", "secret-key", "secretkey", "access-key", "accesskey", "123456", "xxx",
+})
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class StorageMemoryConfig(_Model):
+    """``driver: memory``: an isolated in-process store."""
+
+    bucket: str | None = Field(None, description="Store name reported in events (default: backend name).")
+
+
+class StorageLocalConfig(_Model):
+    """``driver: local``: files under ``root_dir``."""
+
+    root_dir: str = Field("./storage", description="Directory holding the objects; created at boot.")
+    base_url: str = Field("http://localhost:8000/storage", description="URL prefix for get_url and signed URLs.")
+    signing_key: SecretStr | None = Field(None, description="HMAC key for get_presigned_url.")
+    fsync: bool = Field(False, description="fsync files and directories before a write returns.")
+
+
+class EncryptionConfig(_Model):
+    """Server-side encryption for S3/R2 uploads and copies."""
+
+    enabled: bool = False
+    type: Literal["AES256", "aws:kms"] = "AES256"
+    kms_key_id: str | None = Field(None, description="KMS key id/ARN for type aws:kms.")
+
+    @model_validator(mode="after")
+    def _kms_needs_key(self) -> EncryptionConfig:
+        if self.enabled and self.type == "aws:kms" and not self.kms_key_id:
+            raise ValueError("encryption type 'aws:kms' needs kms_key_id")
+        return self
+
+
+class StorageS3Config(_Model):
+    """``driver: s3``: Amazon S3 or an S3-compatible server."""
+
+    bucket: str
+    region: str | None = None
+    access_key: str | None = Field(None, description="Omit to use the AWS credential chain.")
+    secret_key: SecretStr | None = None
+    session_token: SecretStr | None = None
+    endpoint_url: str | None = Field(None, description="Custom endpoint (MinIO, moto, LocalStack).")
+    public_url: str | None = Field(None, description="Custom domain / CDN used by get_url.")
+    addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    connect_timeout: float = Field(10.0, gt=0)
+    read_timeout: float = Field(60.0, gt=0)
+    max_attempts: int = Field(3, ge=1)
+    retry_mode: Literal["standard", "adaptive", "legacy"] = "standard"
+    multipart_threshold: int = Field(8 * MiB, ge=5 * MiB)
+    multipart_chunk_size: int = Field(8 * MiB, ge=5 * MiB)
+    max_concurrency: int = Field(4, ge=1, le=64)
+    encryption: EncryptionConfig | None = None
+
+    @model_validator(mode="after")
+    def _keys_in_pairs(self) -> StorageS3Config:
+        if (self.access_key is None) != (self.secret_key is None):
+            raise ValueError("access_key and secret_key must be given together")
+        return self
+
+
+class StorageR2Config(StorageS3Config):
+    """``driver: r2``: Cloudflare R2 (S3 API; endpoint required, region ``auto``)."""
+
+    region: str | None = "auto"
+    account_id: str | None = Field(None, description="Builds the endpoint when endpoint_url is unset.")
+
+    @model_validator(mode="after")
+    def _needs_endpoint(self) -> StorageR2Config:
+        if not self.endpoint_url:
+            if not self.account_id:
+                raise ValueError("r2 needs endpoint_url or account_id")
+            self.endpoint_url = f"https://{self.account_id}.r2.cloudflarestorage.com"
+        return self
+
+
+class StorageGCSConfig(_Model):
+    """``driver: gcs``: Google Cloud Storage."""
+
+    bucket: str
+    project_id: str | None = None
+    credentials_path: str | None = Field(None, description="Service-account JSON; default: ADC.")
+    endpoint_url: str | None = Field(None, description="API endpoint (emulator); default Google.")
+    public_url: str | None = None
+    timeout: float = Field(60.0, gt=0)
+
+
+class StorageAzureConfig(_Model):
+    """``driver: azure``: Azure Blob Storage (or Azurite)."""
+
+    container: str
+    account_name: str | None = None
+    account_key: SecretStr | None = None
+    connection_string: SecretStr | None = None
+    account_url: str | None = Field(None, description="Blob endpoint; default https://<account>.blob.core.windows.net.")
+    public_url: str | None = None
+    timeout: float = Field(60.0, gt=0)
+
+    @model_validator(mode="after")
+    def _needs_credentials(self) -> StorageAzureConfig:
+        if self.connection_string is None and not self.account_name:
+            raise ValueError("azure needs connection_string or account_name (+ account_key)")
+        return self
+
+
+class StorageDriversConfig(_Model):
+    """Per-driver settings used by ``default_driver`` (``drivers.s3.bucket`` ...)."""
+
+    memory: StorageMemoryConfig = Field(default_factory=StorageMemoryConfig)
+    local: StorageLocalConfig = Field(default_factory=StorageLocalConfig)
+    s3: StorageS3Config | None = None
+    r2: StorageR2Config | None = None
+    gcs: StorageGCSConfig | None = None
+    azure: StorageAzureConfig | None = None
+
+
+class StorageOperationConfig(_Model):
+    """Upload policy applied by every backend."""
+
+    max_file_size_mb: float | None = Field(None, gt=0, description="Largest upload; none = no limit.")
+    allowed_mime_types: list[str] = Field(default_factory=list, description="MIME patterns (image/*); empty = all.")
+
+    @field_validator("allowed_mime_types", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    def policy(self) -> UploadPolicy | None:
+        if self.max_file_size_mb is None and not self.allowed_mime_types:
+            return None
+        limit = None if self.max_file_size_mb is None else int(self.max_file_size_mb * MiB)
+        return UploadPolicy(max_bytes=limit, allowed_mime_types=tuple(self.allowed_mime_types))
+
+
+class NamedStorageConfig(_Model):
+    """One named backend; injected as ``Annotated[BlobStoreProtocol, Named(name)]``."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    driver: str
+    primary: bool = False
+    memory: StorageMemoryConfig | None = None
+    local: StorageLocalConfig | None = None
+    s3: StorageS3Config | None = None
+    r2: StorageR2Config | None = None
+    gcs: StorageGCSConfig | None = None
+    azure: StorageAzureConfig | None = None
+    options: dict[str, Any] = Field(default_factory=dict, description="Settings for a third-party driver.")
+
+    @field_validator("driver")
+    @classmethod
+    def _known_driver(cls, value: str) -> str:
+        from lexigram_storage.registry import known_driver_names
+
+        names = known_driver_names()
+        if value not in names:
+            raise ValueError(f"unknown driver {value!r}; valid drivers: {', '.join(names)}")
+        return value
+
+    @model_validator(mode="after")
+    def _block_for_driver(self) -> NamedStorageConfig:
+        if self.driver in BUILTIN_DRIVERS and self.driver != "memory" \
+                and getattr(self, self.driver) is None:
+            raise ValueError(
+                f"backend {self.name!r} uses driver {self.driver!r} but has no "
+                f"{self.driver!r} block (e.g. {_EXAMPLE_BLOCK[self.driver]})"
+            )
+        return self
+
+    def driver_config(self) -> BaseModel | dict[str, Any]:
+        """The settings block of this backend's driver."""
+        if self.driver == "memory":
+            return self.memory or StorageMemoryConfig()
+        if self.driver in BUILTIN_DRIVERS:
+            block: BaseModel = getattr(self, self.driver)
+            return block
+        return self.options
+
+
+_EXAMPLE_BLOCK = {
+    "local": "local: {root_dir: ./storage/avatars}",
+    "s3": "s3: {bucket: my-bucket, region: us-east-1}",
+    "r2": "r2: {bucket: my-bucket, account_id: ...}",
+    "gcs": "gcs: {bucket: my-bucket}",
+    "azure": "azure: {container: my-container, connection_string: ...}",
+}
+
+
+class StorageConfig(BaseSettings):
+    """Root storage configuration (env prefix ``LEX_STORAGE__``, nested delimiter ``__``)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="LEX_STORAGE__",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_assignment=True,
+        case_sensitive=False,
+    )
+
+    name: str = "storage"
+    enabled: bool = True
+    default_driver: DriverName = "local"
+    drivers: StorageDriversConfig = Field(default_factory=StorageDriversConfig)
+    backends: list[NamedStorageConfig] = Field(default_factory=list)
+    service: StorageOperationConfig = Field(default_factory=StorageOperationConfig)
+    health_check_timeout: float = Field(5.0, gt=0)
+    env: str = Field(default_factory=lambda: os.environ.get("LEX_ENV", "development"))
+
+    @model_validator(mode="after")
+    def _check_backends(self) -> StorageConfig:
+        seen: dict[str, int] = {}
+        for index, backend in enumerate(self.backends):
+            if backend.name in seen:
+                raise ValueError(
+                    f"duplicate backend name {backend.name!r} (backends[{seen[backend.name]}] "
+                    f"and backends[{index}])"
+                )
+            seen[backend.name] = index
+        primaries = [b.name for b in self.backends if b.primary]
+        if len(primaries) > 1:
+            raise ValueError(f"more than one primary backend: {primaries}; mark only one primary")
+        if not self.backends and self.default_driver != "memory" \
+                and self.default_driver != "local" \
+                and getattr(self.drivers, self.default_driver) is None:
+            raise ValueError(
+                f"default_driver is {self.default_driver!r} but drivers.{self.default_driver} "
+                f"is not set (e.g. LEX_STORAGE__DRIVERS__{self.default_driver.upper()}__BUCKET)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def validate_production_security(self) -> StorageConfig:
+        """With ``LEX_ENV=production``, reject weak placeholder credentials anywhere."""
+        if os.environ.get("LEX_ENV", self.env).strip().lower() != "production":
+            return self
+        blocks: list[tuple[str, BaseModel | None]] = [
+            (f"drivers.{field}", getattr(self.drivers, field))
+            for field in StorageDriversConfig.model_fields
+        ]
+        for i, backend in enumerate(self.backends):
+            blocks += [(f"backends[{i}].{field}", getattr(backend, field))
+                       for field in BUILTIN_DRIVERS]
+        for where, block in blocks:
+            for field, value in _secrets(block):
+                if value.strip().lower() in _WEAK_SECRETS or not value.strip():
+                    raise ValueError(
+                        f"{where}.{field} is a placeholder credential; set a real value "
+                        "(rejected because LEX_ENV=production)"
+                    )
+        return self
+
+    @classmethod
+    def from_named(cls, entry: NamedStorageConfig) -> StorageConfig:
+        """A single-backend config with *entry*'s driver block under ``drivers``."""
+        drivers: dict[str, Any] = {}
+        block = entry.driver_config()
+        if entry.driver in BUILTIN_DRIVERS:
+            drivers[entry.driver] = block
+        return cls(name=entry.name, default_driver=entry.driver, drivers=drivers)
+
+    def named_backends(self) -> list[NamedStorageConfig]:
+        """The backends to build: ``backends``, or one entry named after ``default_driver``."""
+        if self.backends:
+            return list(self.backends)
+        block = getattr(self.drivers, self.default_driver)
+        return [NamedStorageConfig(name=self.default_driver, driver=self.default_driver,
+                                   primary=True, **{self.default_driver: block})]
+
+    def default_backend(self) -> str:
+        """The name bound as the unnamed ``BlobStoreProtocol``: primary, else the first."""
+        backends = self.named_backends()
+        return next((b.name for b in backends if b.primary), backends[0].name)
+
+
+def _secrets(block: BaseModel | None) -> list[tuple[str, str]]:
+    if block is None:
+        return []
+    found: list[tuple[str, str]] = []
+    for field in type(block).model_fields:
+        value = getattr(block, field)
+        if isinstance(value, SecretStr):
+            found.append((field, value.get_secret_value()))
+        elif field == "access_key" and isinstance(value, str):
+            found.append((field, value))
+    return found

@@ -1,0 +1,220 @@
+"""Storage domain events, hook payloads, and the one place that publishes them.
+
+Drivers call :class:`StorageEvents` after an operation succeeded. Publishing never fails or
+slows the storage call: events are queued in order and handed to the event bus (or a
+``DomainEventPublisherProtocol``) by one background task; a failing or slow subscriber only
+delays that task. When the queue is full (``max_pending``), the storage call yields once to let
+the dispatcher catch up and, if it is still full, drops the event with a warning log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from lexigram.contracts.domain.events import DomainEvent
+from lexigram.logging import get_logger
+
+__all__ = [
+    "HOOK_OBJECT_DELETED",
+    "HOOK_OBJECT_STORED",
+    "FileDeletedEvent",
+    "FileDownloadedEvent",
+    "FileUploadedEvent",
+    "ObjectDeletedHook",
+    "ObjectStoredHook",
+    "StorageEvents",
+]
+
+logger = get_logger(__name__)
+
+HOOK_OBJECT_STORED: Final = "storage.object_stored"
+HOOK_OBJECT_DELETED: Final = "storage.object_deleted"
+
+_UPLOADED, _DOWNLOADED, _DELETED = "uploaded", "downloaded", "deleted"
+# kind, backend, bucket, key, size, content_type, etag, occurred_at
+_Record = tuple[str, str, str, str, int, str | None, str | None, datetime]
+
+
+@dataclass(frozen=True, kw_only=True)
+class FileUploadedEvent(DomainEvent):
+    """An object was stored (upload, or the target of a copy or move)."""
+
+    file_key: str
+    bucket: str
+    size_bytes: int
+    content_type: str | None = None
+    etag: str | None = None
+    backend: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class FileDownloadedEvent(DomainEvent):
+    """An object was read completely (``download()``, or a ``stream()`` consumed to the end)."""
+
+    file_key: str
+    bucket: str
+    size_bytes: int = 0
+    backend: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class FileDeletedEvent(DomainEvent):
+    """An object was deleted (``delete``, ``delete_many``, ``clear``, or the source of a move)."""
+
+    file_key: str
+    bucket: str
+    backend: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ObjectStoredHook:
+    """Payload of the ``storage.object_stored`` hook action."""
+
+    bucket: str
+    key: str
+    size: int = 0
+    content_type: str | None = None
+    backend: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ObjectDeletedHook:
+    """Payload of the ``storage.object_deleted`` hook action."""
+
+    bucket: str
+    key: str
+    backend: str = ""
+
+
+class StorageEvents:
+    """Publishes storage events to whatever the application bound; a no-op when nothing is.
+
+    Args:
+        bus: an ``EventBusProtocol`` (lexigram-events); preferred when given.
+        publisher: a ``DomainEventPublisherProtocol``, used when there is no bus.
+        hooks: a ``HookRegistryProtocol``; fires ``storage.object_stored`` / ``..._deleted``.
+        max_pending: events queued for the dispatcher before new ones are dropped.
+    """
+
+    def __init__(
+        self,
+        bus: Any | None = None,
+        publisher: Any | None = None,
+        hooks: Any | None = None,
+        *,
+        max_pending: int = 10_000,
+    ) -> None:
+        self._target = bus if bus is not None else publisher
+        self._bus = bus
+        self._hooks = hooks
+        self._queue: deque[_Record] = deque()
+        self._task: asyncio.Task[None] | None = None
+        self._max_pending = max_pending
+        self.dropped = 0
+        self.failures = 0
+        self.active = self._target is not None or hooks is not None
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
+    async def uploaded(
+        self, backend: str, bucket: str, key: str, size: int,
+        content_type: str | None = None, etag: str | None = None,
+    ) -> None:
+        if self.active:
+            await self._enqueue((_UPLOADED, backend, bucket, key, size, content_type, etag,
+                                 datetime.now(UTC)))
+
+    async def downloaded(self, backend: str, bucket: str, key: str, size: int) -> None:
+        if self._target is not None:
+            await self._enqueue((_DOWNLOADED, backend, bucket, key, size, None, None,
+                                 datetime.now(UTC)))
+
+    async def deleted(self, backend: str, bucket: str, key: str) -> None:
+        if self.active:
+            await self._enqueue((_DELETED, backend, bucket, key, 0, None, None, datetime.now(UTC)))
+
+    async def _enqueue(self, record: _Record) -> None:
+        # The call only records what happened; the dispatcher builds and publishes the event.
+        if len(self._queue) >= self._max_pending:
+            await asyncio.sleep(0)  # give the dispatcher one turn before dropping anything
+            if len(self._queue) >= self._max_pending:
+                self.dropped += 1
+                if self.dropped == 1 or self.dropped % 1000 == 0:
+                    logger.warning("storage.events.dropped", dropped=self.dropped,
+                                   max_pending=self._max_pending)
+                return
+        self._queue.append(record)
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(
+                self._dispatch(), name="lexigram-storage-events"
+            )
+
+    def _build(self, record: _Record) -> tuple[DomainEvent | None, str | None, Any]:
+        kind, backend, bucket, key, size, content_type, etag, at = record
+        event: DomainEvent | None = None
+        if kind == _UPLOADED:
+            if self._target is not None:
+                event = FileUploadedEvent(
+                    file_key=key, bucket=bucket, size_bytes=size, content_type=content_type,
+                    etag=etag, backend=backend, occurred_at=at,
+                )
+            hook = ObjectStoredHook(bucket=bucket, key=key, size=size,
+                                    content_type=content_type, backend=backend)
+            return event, HOOK_OBJECT_STORED, hook
+        if kind == _DELETED:
+            if self._target is not None:
+                event = FileDeletedEvent(file_key=key, bucket=bucket, backend=backend,
+                                         occurred_at=at)
+            return event, HOOK_OBJECT_DELETED, ObjectDeletedHook(bucket=bucket, key=key,
+                                                                 backend=backend)
+        event = FileDownloadedEvent(file_key=key, bucket=bucket, size_bytes=size,
+                                    backend=backend, occurred_at=at)
+        return event, None, None
+
+    async def _dispatch(self) -> None:
+        try:
+            while self._queue:
+                record = self._queue.popleft()
+                event: DomainEvent | None = None
+                try:
+                    event, hook_name, hook = self._build(record)
+                    if event is not None and self._target is not None:
+                        await self._target.publish(event)
+                    if hook_name is not None and self._hooks is not None:
+                        await self._hooks.call_action(hook_name, payload=hook)
+                except Exception as exc:  # a subscriber's failure never reaches the caller
+                    self.failures += 1
+                    logger.warning("storage.events.publish_failed", kind=record[0],
+                                   key=record[3], error=repr(exc))
+        finally:
+            self._task = None
+
+    async def flush(self, timeout: float | None = None) -> None:
+        """Wait until every queued event was handed over, then flush the bus if it can."""
+        async def drain() -> None:
+            while self._task is not None:
+                await asyncio.shield(self._task)
+            flush = getattr(self._bus, "flush", None)
+            if flush is not None:
+                await flush()
+
+        await asyncio.wait_for(drain(), timeout)
+
+    async def aclose(self, timeout: float = 5.0) -> None:
+        """Deliver what is queued (within *timeout*), then stop the dispatcher."""
+        try:
+            await self.flush(timeout)
+        except TimeoutError:
+            logger.warning("storage.events.undelivered", pending=len(self._queue))
+        if self._task is not None:
+            self._task.cancel()
+        self._queue.clear()
+
+
+NO_EVENTS: Final = StorageEvents()

@@ -1,0 +1,329 @@
+"""Upload payloads: every accepted input becomes one async stream of byte chunks.
+
+``Payload`` is the one place where an upload's bytes are read, counted, hashed and checked:
+the size limit and the expected checksum are enforced while the bytes pass, so a driver that
+consumes the payload completely before it commits anything can never store a rejected upload.
+Nothing here reads a file object or an iterator whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import inspect
+import mimetypes
+from collections.abc import AsyncIterator, Iterator, Mapping
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from functools import lru_cache
+from typing import Any, Final
+
+from lexigram.contracts.infra.storage import UploadOptions
+
+from lexigram_storage.errors import ChecksumMismatchError, QuotaExceededError
+
+__all__ = [
+    "DEFAULT_CONTENT_TYPE",
+    "READ_CHUNK_SIZE",
+    "Payload",
+    "UploadPolicy",
+    "UploadRequest",
+    "guess_content_type",
+]
+
+DEFAULT_CONTENT_TYPE: Final = "application/octet-stream"
+READ_CHUNK_SIZE: Final = 1024 * 1024
+_HASHES: Final = ("md5", "sha1", "sha256", "sha512")
+_MIMES = mimetypes.MimeTypes()
+
+
+@lru_cache(maxsize=1024)
+def _guess_by_suffix(suffix: str) -> str | None:
+    return _MIMES.guess_type("x" + suffix, strict=False)[0]
+
+
+def guess_content_type(key: str) -> str:
+    """The content type for *key* from its extension, else ``application/octet-stream``."""
+    name = key.rpartition("/")[2]
+    dot = name.rfind(".")
+    if dot <= 0:
+        return DEFAULT_CONTENT_TYPE
+    return _guess_by_suffix(name[dot:].lower()) or DEFAULT_CONTENT_TYPE
+
+
+@dataclass(frozen=True, slots=True)
+class UploadPolicy:
+    """What a backend accepts: a size limit in bytes and MIME patterns (``image/*``)."""
+
+    max_bytes: int | None = None
+    allowed_mime_types: tuple[str, ...] = ()
+
+    def allows_type(self, content_type: str) -> bool:
+        if not self.allowed_mime_types:
+            return True
+        base = content_type.split(";", 1)[0].strip().lower()
+        return any(fnmatchcase(base, pattern.lower()) for pattern in self.allowed_mime_types)
+
+
+@dataclass(slots=True)
+class UploadRequest:
+    """The resolved options of one upload (explicit values, then ``UploadOptions``, then guesses)."""
+
+    content_type: str
+    metadata: dict[str, str] = field(default_factory=dict)
+    cache_control: str | None = None
+    public: bool = False
+    checksum: tuple[str, str] | None = None
+    create_only: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def build(
+        cls,
+        key: str,
+        content_type: UploadOptions | str | None,
+        options: Mapping[str, Any],
+        *,
+        backend: str,
+        extra_allowed: frozenset[str] = frozenset(),
+    ) -> UploadRequest:
+        opts = dict(options)
+        base = content_type if isinstance(content_type, UploadOptions) else None
+        if content_type is not None and base is None and not isinstance(content_type, str):
+            raise TypeError(
+                f"{backend}: content_type must be a str or UploadOptions, "
+                f"not {type(content_type).__name__}"
+            )
+        explicit_type = opts.pop("content_type", None) or (
+            content_type if isinstance(content_type, str) else (base.content_type if base else None)
+        )
+        metadata = opts.pop("metadata", None)
+        if metadata is None and base is not None:
+            metadata = base.metadata
+        cache_control = opts.pop("cache_control", base.cache_control if base else None)
+        public = bool(opts.pop("public", base.public if base else False))
+        checksum = _parse_checksum(opts.pop("checksum", None), backend=backend, key=key)
+        if_none_match = opts.pop("if_none_match", None)
+        if if_none_match not in (None, "*"):
+            raise ValueError(f"{backend}: if_none_match supports only '*', got {if_none_match!r}")
+        unknown = set(opts) - extra_allowed
+        if unknown:
+            accepted = sorted({"content_type", "metadata", "cache_control", "public", "checksum",
+                               "if_none_match", *extra_allowed})
+            raise TypeError(
+                f"{backend}: unknown upload option(s) {sorted(unknown)}; accepted: {accepted}"
+            )
+        return cls(
+            content_type=explicit_type or guess_content_type(key),
+            metadata=_clean_metadata(metadata, backend=backend),
+            cache_control=cache_control,
+            public=public,
+            checksum=checksum,
+            create_only=if_none_match == "*",
+            extra=opts,
+        )
+
+
+def _clean_metadata(metadata: Mapping[str, Any] | None, *, backend: str) -> dict[str, str]:
+    if not metadata:
+        return {}
+    if not isinstance(metadata, Mapping):
+        raise TypeError(f"{backend}: metadata must be a mapping of str to str")
+    clean: dict[str, str] = {}
+    for k, v in metadata.items():
+        name = str(k).strip().lower()
+        if not name or not name.replace("-", "").replace("_", "").isalnum() or not name.isascii():
+            raise ValueError(
+                f"{backend}: metadata key {k!r} must be ASCII letters, digits, '-' or '_'"
+            )
+        clean[name] = str(v)
+    return clean
+
+
+def _parse_checksum(value: Any, *, backend: str, key: str) -> tuple[str, str] | None:
+    """``"sha256:<hex>"`` (md5, sha1, sha256, sha512), or bare hex meaning md5."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError(f"{backend}: checksum must be a str like 'sha256:<hex>'")
+    algo, sep, digest = value.partition(":")
+    if not sep:
+        algo, digest = "md5", value
+    algo = algo.lower().replace("-", "")
+    if algo not in _HASHES:
+        raise ValueError(f"{backend}: checksum algorithm {algo!r} is not one of {list(_HASHES)}")
+    return algo, digest.strip().lower()
+
+
+class Payload:
+    """The bytes of one upload as an async chunk iterator, checked as they pass.
+
+    Iterate it once. While iterating it counts the bytes (``size``), computes the MD5 used as
+    the object's etag and, when asked, a second digest for the expected checksum. Exceeding the
+    size limit raises ``QuotaExceededError`` at the chunk that crosses it; a wrong checksum
+    raises ``ChecksumMismatchError`` after the last chunk, before the iteration ends. A driver
+    therefore commits only after the iteration finished normally.
+    """
+
+    __slots__ = ("_check", "_iter", "_md5", "backend", "key", "max_bytes", "request",
+                 "size", "size_hint")
+
+    def __init__(
+        self,
+        data: Any,
+        request: UploadRequest,
+        *,
+        backend: str,
+        key: str,
+        policy: UploadPolicy | None = None,
+        chunk_size: int = READ_CHUNK_SIZE,
+    ) -> None:
+        self.backend = backend
+        self.key = key
+        self.request = request
+        self.max_bytes = policy.max_bytes if policy else None
+        self.size = 0
+        self._md5 = hashlib.md5(usedforsecurity=False)
+        self._check = hashlib.new(request.checksum[0]) if request.checksum else None
+        if policy is not None and not policy.allows_type(request.content_type):
+            raise QuotaExceededError(
+                f"content type {request.content_type!r} is not allowed "
+                f"(allowed: {list(policy.allowed_mime_types)})",
+                backend=backend,
+                key=key,
+            )
+        self._iter, self.size_hint = _source(data, chunk_size, backend=backend)
+        if self.size_hint is not None:
+            self._check_size(self.size_hint)
+
+    @property
+    def etag(self) -> str:
+        """Hex MD5 of the bytes read so far (the whole content once iteration ended)."""
+        return self._md5.hexdigest()
+
+    def _check_size(self, size: int) -> None:
+        if self.max_bytes is not None and size > self.max_bytes:
+            raise QuotaExceededError(
+                f"upload exceeds the size limit of {self.max_bytes} bytes",
+                backend=self.backend,
+                key=self.key,
+                details={"limit_bytes": self.max_bytes},
+            )
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._chunks()
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        md5 = self._md5.update
+        check = self._check
+        async for chunk in self._iter:
+            if not chunk:
+                continue
+            self.size += len(chunk)
+            if self.max_bytes is not None and self.size > self.max_bytes:
+                self._check_size(self.size)
+            md5(chunk)
+            if check is not None:
+                check.update(chunk)
+            yield chunk
+        self._verify()
+
+    async def read_all(self) -> bytes:
+        """The whole payload as bytes (for drivers that store or send it in one piece)."""
+        parts = [chunk async for chunk in self]
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _verify(self) -> None:
+        if self._check is None or self.request.checksum is None:
+            return
+        algo, expected = self.request.checksum
+        actual = self._check.hexdigest()
+        if actual != expected:
+            raise ChecksumMismatchError(
+                f"{algo} checksum mismatch: expected {expected}, got {actual}",
+                backend=self.backend,
+                key=self.key,
+                details={"algorithm": algo, "expected": expected, "actual": actual},
+            )
+
+
+def _as_bytes(chunk: Any, backend: str) -> bytes:
+    if isinstance(chunk, bytes):
+        return chunk
+    if isinstance(chunk, bytearray | memoryview):
+        return bytes(chunk)
+    if isinstance(chunk, str):
+        return chunk.encode("utf-8")
+    raise TypeError(f"{backend}: upload chunks must be bytes-like or str, not {type(chunk).__name__}")
+
+
+def _source(data: Any, chunk_size: int, *, backend: str) -> tuple[AsyncIterator[bytes], int | None]:
+    """An async chunk iterator over *data* and its exact size when known upfront."""
+    if isinstance(data, bytes | bytearray | memoryview | str):
+        raw = _as_bytes(data, backend)
+        return _one(raw), len(raw)
+    read = getattr(data, "read", None)
+    if read is not None:
+        if inspect.iscoroutinefunction(read):
+            return _async_file(read, chunk_size, backend), None
+        return _sync_file(data, chunk_size, backend), _remaining(data)
+    if hasattr(data, "__aiter__"):
+        return _async_iter(data, backend), None
+    if isinstance(data, Iterator):
+        return _sync_iter(data, backend), None
+    raise TypeError(
+        f"{backend}: cannot upload {type(data).__name__}; pass bytes, str, a binary file object "
+        "or an async iterator of bytes"
+    )
+
+
+async def _one(raw: bytes) -> AsyncIterator[bytes]:
+    yield raw
+
+
+def _remaining(f: Any) -> int | None:
+    try:
+        if not f.seekable():
+            return None
+        pos = f.tell()
+        end = f.seek(0, 2)
+        f.seek(pos)
+        return int(end - pos)
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _is_os_file(f: Any) -> bool:
+    try:
+        f.fileno()
+    except (AttributeError, OSError, ValueError):
+        return False
+    return True
+
+
+async def _sync_file(f: Any, chunk_size: int, backend: str) -> AsyncIterator[bytes]:
+    # OS files are read off the event loop, one hop per chunk; in-memory files inline.
+    threaded = _is_os_file(f)
+    while True:
+        chunk = await asyncio.to_thread(f.read, chunk_size) if threaded else f.read(chunk_size)
+        if not chunk:
+            return
+        yield _as_bytes(chunk, backend)
+
+
+async def _async_file(read: Any, chunk_size: int, backend: str) -> AsyncIterator[bytes]:
+    while True:
+        chunk = await read(chunk_size)
+        if not chunk:
+            return
+        yield _as_bytes(chunk, backend)
+
+
+async def _async_iter(it: Any, backend: str) -> AsyncIterator[bytes]:
+    async for chunk in it:
+        yield _as_bytes(chunk, backend)
+
+
+async def _sync_iter(it: Iterator[Any], backend: str) -> AsyncIterator[bytes]:
+    for chunk in it:
+        yield _as_bytes(chunk, backend)

@@ -1,0 +1,121 @@
+"""DriverRegistry: driver name -> factory, with an entry-point group for third-party drivers.
+
+A factory is ``factory(entry: NamedStorageConfig, context: DriverContext) -> BlobStoreProtocol``.
+Built-in drivers are imported only when first built, so a missing optional SDK surfaces as a
+``StorageConfigurationError`` naming the ``pip install "lexigram_storage[extra]"`` to run.
+Third-party packages declare ``[project.entry-points."lexigram_storage.drivers"]
+mydriver = "my_pkg.driver:factory"``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any
+
+from lexigram_storage.errors import StorageConfigurationError
+from lexigram_storage.payload import UploadPolicy
+
+if TYPE_CHECKING:
+    from lexigram_storage.config import NamedStorageConfig
+    from lexigram_storage.drivers.base import BaseDriver
+
+__all__ = ["ENTRY_POINT_GROUP", "DriverContext", "DriverFactory", "DriverRegistry",
+           "known_driver_names"]
+
+ENTRY_POINT_GROUP = "lexigram_storage.drivers"
+
+# driver name -> (module:class, pip extra needed)
+_BUILTIN: dict[str, tuple[str, str | None]] = {
+    "memory": ("lexigram_storage.drivers.memory:MemoryDriver", None),
+    "local": ("lexigram_storage.drivers.local:LocalDriver", None),
+    "s3": ("lexigram_storage.drivers.s3:S3Driver", "s3"),
+    "r2": ("lexigram_storage.drivers.s3:S3Driver", "r2"),
+    "gcs": ("lexigram_storage.drivers.gcs:GCSDriver", "gcs"),
+    "azure": ("lexigram_storage.drivers.azure:AzureDriver", "azure"),
+}
+
+
+@dataclass(frozen=True)
+class DriverContext:
+    """What the provider passes to every factory besides the backend's own settings."""
+
+    policy: UploadPolicy | None = None
+    enable_encryption: bool = False
+
+
+DriverFactory = Callable[["NamedStorageConfig", DriverContext], "BaseDriver"]
+
+
+@cache
+def _entry_points() -> dict[str, Any]:
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def known_driver_names() -> list[str]:
+    """Built-in driver names, then those declared by installed packages."""
+    return [*_BUILTIN, *(n for n in _entry_points() if n not in _BUILTIN)]
+
+
+class DriverRegistry:
+    """Maps driver names to factories and builds drivers from named backend configs."""
+
+    def __init__(self) -> None:
+        self._factories: dict[str, DriverFactory] = {}
+
+    def register(self, name: str, factory: DriverFactory) -> None:
+        """Add or replace the factory for *name*."""
+        self._factories[name] = factory
+
+    def names(self) -> list[str]:
+        return [*known_driver_names(), *(n for n in self._factories if n not in _BUILTIN
+                                          and n not in _entry_points())]
+
+    def factory(self, name: str) -> DriverFactory:
+        if name in self._factories:
+            return self._factories[name]
+        if name in _BUILTIN:
+            target, extra = _BUILTIN[name]
+            return _builtin_factory(name, target, extra)
+        ep = _entry_points().get(name)
+        if ep is not None:
+            loaded = ep.load()
+            factory: DriverFactory = getattr(loaded, "from_named", loaded)
+            self._factories[name] = factory
+            return factory
+        raise StorageConfigurationError(
+            f"unknown driver {name!r}; valid drivers: {', '.join(self.names())}",
+            hint=f"Register it with DriverRegistry.register() or the {ENTRY_POINT_GROUP!r} "
+                 "entry-point group.",
+        )
+
+    def create(self, entry: NamedStorageConfig, context: DriverContext | None = None
+               ) -> BaseDriver:
+        """Build the driver for one named backend."""
+        return self.factory(entry.driver)(entry, context or DriverContext())
+
+
+def _builtin_factory(name: str, target: str, extra: str | None) -> DriverFactory:
+    module_name, _, class_name = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        if exc.name == module_name:
+            raise StorageConfigurationError(
+                f"driver {name!r} is not available in this version of lexigram_storage",
+                cause=exc,
+            ) from exc
+        if extra is None:
+            raise
+        raise StorageConfigurationError(
+            f"driver {name!r} needs an optional dependency that is not installed "
+            f"({exc.name or exc})",
+            hint=f'pip install "lexigram_storage[{extra}]"',
+            cause=exc,
+        ) from exc
+    driver_cls = getattr(module, class_name)
+    factory: DriverFactory = driver_cls.from_named
+    return factory
