@@ -9,6 +9,7 @@ translation, events, paging, copy/move semantics -- lives here, so every driver 
 from __future__ import annotations
 
 import asyncio
+import builtins
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import timedelta
@@ -433,13 +434,13 @@ class BaseDriver:
         if self.events.active:
             await self.events.deleted(self.name, self.bucket, key)
 
-    async def delete_many(self, paths: Iterable[str]) -> list[str]:
+    async def delete_many(self, paths: Iterable[str]) -> builtins.list[str]:
         """Delete every key (missing keys count as deleted); return the keys now absent.
 
         All keys are validated first. When some keys fail, the others are still deleted and
         ``StoragePartialDeleteError`` reports ``failed`` (key -> reason) and ``deleted``."""
         keys = list(dict.fromkeys(validate_key(p, self.name) for p in paths))
-        deleted: list[str] = []
+        deleted: builtins.list[str] = []
         failed: dict[str, str] = {}
         for start in range(0, len(keys), _BATCH):
             batch = keys[start:start + _BATCH]
@@ -462,7 +463,7 @@ class BaseDriver:
         """Delete every object whose key starts with *prefix*; return how many."""
         validate_prefix(prefix, self.name)
         total = 0
-        batch: list[str] = []
+        batch: builtins.list[str] = []
         async for info in self.list(prefix):
             batch.append(info.path)
             if len(batch) >= _BATCH:

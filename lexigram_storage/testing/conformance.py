@@ -1,0 +1,632 @@
+"""The conformance suite: the definition of how every lexigram_storage driver behaves.
+
+Subclass :class:`DriverConformance` in a pytest module and provide an async ``store`` fixture
+that yields a prepared, empty driver (a ``BaseDriver``)::
+
+    class TestMyDriver(DriverConformance):
+        @pytest.fixture
+        async def store(self, tmp_path):
+            async with MyDriver(...) as driver:
+                yield driver
+
+Requires pytest with pytest-asyncio (``asyncio_mode = "auto"``). Event tests use the real
+lexigram-events bus and are skipped when it is not installed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import os
+import random
+from collections.abc import AsyncIterator, Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from lexigram.contracts.core.health import HealthStatus
+from lexigram.contracts.infra.storage import (
+    BlobStoreProtocol,
+    FileInfo,
+    StorageDriverProtocol,
+    StorageError,
+    StorageUnsupportedOperationError,
+    UploadOptions,
+)
+
+from lexigram_storage.drivers.base import BaseDriver
+from lexigram_storage.errors import (
+    ChecksumMismatchError,
+    InvalidPathError,
+    PreconditionFailedError,
+    QuotaExceededError,
+    StorageFileNotFoundError,
+)
+from lexigram_storage.events import (
+    HOOK_OBJECT_DELETED,
+    HOOK_OBJECT_STORED,
+    FileDeletedEvent,
+    FileDownloadedEvent,
+    FileUploadedEvent,
+    ObjectDeletedHook,
+    ObjectStoredHook,
+    StorageEvents,
+)
+from lexigram_storage.payload import UploadPolicy
+
+__all__ = ["BAD_KEYS", "DriverConformance"]
+
+BAD_KEYS = ["", "/abs", "a/../b", "../x", "./a", "a/./b", "a//b", "a/", "a\\b", "a\x00b",
+            "tab\there", "x" * 1025, "é" * 513]
+
+
+def md5(data: bytes) -> str:
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+async def agen(chunks: list[bytes]) -> AsyncIterator[bytes]:
+    for chunk in chunks:
+        await asyncio.sleep(0)
+        yield chunk
+
+
+def sgen(chunks: list[bytes]) -> Iterator[bytes]:
+    yield from chunks
+
+
+class _Recorder:
+    """A real lexigram-events bus with subscribers recording what they received."""
+
+    def __init__(self) -> None:
+        bus_mod = pytest.importorskip("lexigram.events.buses.event")
+        self.bus = bus_mod.EventBusImpl()
+        self.received: list[Any] = []
+        for event_type in (FileUploadedEvent, FileDownloadedEvent, FileDeletedEvent):
+            self.bus.subscribe(event_type, self.received.append)
+
+    def of(self, event_type: type) -> list[Any]:
+        return [e for e in self.received if isinstance(e, event_type)]
+
+
+class DriverConformance:
+    """Behaviour every driver must have. Provide the ``store`` fixture in a subclass."""
+
+    # ------------------------------------------------------------ fixtures
+
+    @pytest.fixture
+    async def events(self, store: BaseDriver) -> AsyncIterator[_Recorder]:
+        recorder = _Recorder()
+        previous = store.events
+        store.events = StorageEvents(bus=recorder.bus)
+        try:
+            yield recorder
+        finally:
+            await store.events.aclose()
+            store.events = previous
+
+    # ------------------------------------------------------------ protocol
+
+    async def test_implements_protocols(self, store: BaseDriver) -> None:
+        assert isinstance(store, BlobStoreProtocol)
+        assert isinstance(store, StorageDriverProtocol)
+
+    # ------------------------------------------------------------ round trips
+
+    @pytest.mark.parametrize("kind", ["bytes", "bytearray", "memoryview", "str", "bytesio",
+                                      "file", "async_iter", "sync_iter", "empty"])
+    async def test_round_trip_every_payload_kind(self, store: BaseDriver, kind: str,
+                                                 tmp_path: Path) -> None:
+        raw = os.urandom(70_000)
+        text = "héllo wörld ✓ " * 100
+        expected = text.encode() if kind == "str" else (b"" if kind == "empty" else raw)
+        chunks = [raw[i:i + 1000] for i in range(0, len(raw), 1000)]
+        data: Any
+        if kind == "bytes":
+            data = raw
+        elif kind == "bytearray":
+            data = bytearray(raw)
+        elif kind == "memoryview":
+            data = memoryview(raw)
+        elif kind == "str":
+            data = text
+        elif kind == "bytesio":
+            data = io.BytesIO(raw)
+        elif kind == "file":
+            path = tmp_path / "src.bin"
+            path.write_bytes(raw)
+            data = path.open("rb")
+        elif kind == "async_iter":
+            data = agen(chunks)
+        elif kind == "sync_iter":
+            data = sgen(chunks)
+        else:
+            data = b""
+        try:
+            info = await store.upload(f"kinds/{kind}.bin", data)
+        finally:
+            if kind == "file":
+                data.close()
+        assert isinstance(info, FileInfo)
+        assert info.path == f"kinds/{kind}.bin"
+        assert info.size == len(expected)
+        assert info.etag == md5(expected)
+        assert await store.download(f"kinds/{kind}.bin") == expected
+        assert b"".join([c async for c in store.stream(f"kinds/{kind}.bin")]) == expected
+
+    async def test_larger_payload_from_async_iterator(self, store: BaseDriver) -> None:
+        raw = os.urandom(3 * 1024 * 1024 + 17)
+        chunks = [raw[i:i + 65536] for i in range(0, len(raw), 65536)]
+        info = await store.upload("big/three-mib.bin", agen(chunks))
+        assert info.size == len(raw)
+        assert info.etag == md5(raw)
+        assert await store.download("big/three-mib.bin") == raw
+
+    async def test_overwrite_replaces_content_and_metadata(self, store: BaseDriver) -> None:
+        await store.upload("o.txt", b"first", metadata={"a": "1"}, cache_control="no-cache")
+        await store.upload("o.txt", b"second")
+        info = await store.info("o.txt")
+        assert await store.download("o.txt") == b"second"
+        assert info.size == 6
+        assert info.etag == md5(b"second")
+        assert not info.metadata
+        assert getattr(info, "cache_control", None) is None
+
+    async def test_info_fields(self, store: BaseDriver) -> None:
+        up = await store.upload("info/file.json", b'{"a": 1}')
+        info = await store.info("info/file.json")
+        assert info.path == "info/file.json"
+        assert info.size == 8
+        assert info.content_type == "application/json"
+        assert info.etag == up.etag == md5(b'{"a": 1}')
+        assert isinstance(info.last_modified, datetime)
+        assert info.last_modified.tzinfo is not None
+
+    async def test_unusual_valid_keys(self, store: BaseDriver) -> None:
+        keys = ["with space/ünïcödé ✓.txt", "..a/b..", "a/.hidden", "a+b=c&d?e#f%20.bin",
+                "deep/" * 20 + "leaf", "x" * 1024]
+        for key in keys:
+            await store.upload(key, key.encode())
+        for key in keys:
+            assert await store.exists(key)
+            assert await store.download(key) == key.encode()
+        listed = [i.path async for i in store.list()]
+        assert listed == sorted(keys)
+
+    # ------------------------------------------------------------ content types and metadata
+
+    @pytest.mark.parametrize(("key", "expected"), [
+        ("a.png", "image/png"), ("a.JSON", "application/json"), ("d/a.html", "text/html"),
+        ("a.unknownext", "application/octet-stream"), ("noext", "application/octet-stream"),
+        (".bashrc", "application/octet-stream"),
+    ])
+    async def test_content_type_guessed_from_extension(self, store: BaseDriver, key: str,
+                                                       expected: str) -> None:
+        info = await store.upload(key, b"x")
+        assert info.content_type == expected
+        assert (await store.info(key)).content_type == expected
+
+    async def test_explicit_content_type_forms(self, store: BaseDriver) -> None:
+        assert (await store.upload("a.png", b"x", "text/plain")).content_type == "text/plain"
+        opts = UploadOptions(content_type="application/pdf", metadata={"Dept": "fin"},
+                             cache_control="max-age=60")
+        info = await store.upload("b.bin", b"x", opts)
+        assert info.content_type == "application/pdf"
+        stored = await store.info("b.bin")
+        assert stored.content_type == "application/pdf"
+        assert stored.metadata == {"dept": "fin"}
+        assert getattr(stored, "cache_control", None) == "max-age=60"
+        kw = await store.upload("c.bin", b"x", content_type="image/gif")
+        assert kw.content_type == "image/gif"
+
+    async def test_metadata_round_trip_and_copy_semantics(self, store: BaseDriver) -> None:
+        await store.upload("m.txt", b"x", metadata={"Owner": "ann", "trace-id": "7"},
+                           cache_control="public, max-age=3600")
+        info = await store.info("m.txt")
+        assert info.metadata == {"owner": "ann", "trace-id": "7"}
+        assert getattr(info, "cache_control", None) == "public, max-age=3600"
+        assert info.metadata is not None
+        info.metadata["owner"] = "mallory"  # a copy: stored state must not change
+        assert (await store.info("m.txt")).metadata == {"owner": "ann", "trace-id": "7"}
+        listed = [i async for i in store.list("m.")]
+        assert listed[0].metadata == {"owner": "ann", "trace-id": "7"}
+        assert listed[0].content_type == "text/plain"
+
+    async def test_unknown_upload_option_is_rejected(self, store: BaseDriver) -> None:
+        with pytest.raises(TypeError, match="unknown upload option"):
+            await store.upload("x.bin", b"x", colour="blue")
+        assert not await store.exists("x.bin")
+
+    # ------------------------------------------------------------ the key rule
+
+    @pytest.mark.parametrize("key", BAD_KEYS, ids=[repr(k)[:20] for k in BAD_KEYS])
+    async def test_bad_keys_rejected_everywhere(self, store: BaseDriver, key: str) -> None:
+        calls = [
+            store.upload(key, b"x"), store.download(key), store.exists(key), store.info(key),
+            store.delete(key), store.get_url(key), store.copy("src.bin", key),
+            store.copy(key, "dst.bin"), store.move(key, "dst.bin"),
+        ]
+        for call in calls:
+            with pytest.raises(InvalidPathError) as exc:
+                await call
+            assert exc.value.code == "LEX_ERR_STORE_004"
+            assert store.name in exc.value.message
+        with pytest.raises(InvalidPathError):
+            _ = [c async for c in store.stream(key)]
+        assert [i async for i in store.list()] == []
+
+    async def test_exists_is_true_only_for_objects(self, store: BaseDriver) -> None:
+        await store.upload("dir/sub/file.txt", b"x")
+        assert await store.exists("dir/sub/file.txt")
+        assert not await store.exists("dir")
+        assert not await store.exists("dir/sub")
+        assert not await store.exists("dir/sub/file")
+        with pytest.raises(StorageFileNotFoundError):
+            await store.info("dir/sub")
+
+    # ------------------------------------------------------------ errors
+
+    async def test_missing_object_errors(self, store: BaseDriver) -> None:
+        for call in (store.download("nope/x.bin"), store.info("nope/x.bin"),
+                     store.delete("nope/x.bin"), store.copy("nope/x.bin", "y"),
+                     store.move("nope/x.bin", "y")):
+            with pytest.raises(StorageFileNotFoundError) as exc:
+                await call
+            err = exc.value
+            assert isinstance(err, FileNotFoundError)
+            assert isinstance(err, StorageError)
+            assert err.code == "LEX_ERR_STORE_002"
+            assert store.name in err.message
+            assert "nope/x.bin" in err.message
+        with pytest.raises(StorageFileNotFoundError):
+            _ = [c async for c in store.stream("nope/x.bin")]
+        assert not await store.exists("y")
+
+    async def test_delete_missing_ok(self, store: BaseDriver) -> None:
+        await store.delete("never.bin", missing_ok=True)
+        await store.upload("once.bin", b"1")
+        await store.delete("once.bin")
+        assert not await store.exists("once.bin")
+        with pytest.raises(StorageFileNotFoundError):
+            await store.delete("once.bin")
+
+    # ------------------------------------------------------------ upload policy and checksums
+
+    async def test_size_limit_enforced_while_streaming(self, store: BaseDriver) -> None:
+        store.policy = UploadPolicy(max_bytes=10_000)
+        try:
+            await store.upload("keep.bin", b"old")
+            for data in (os.urandom(10_001), agen([b"x" * 4000] * 3), io.BytesIO(b"y" * 20_000)):
+                with pytest.raises(QuotaExceededError) as exc:
+                    await store.upload("keep.bin", data)
+                assert "keep.bin" in exc.value.message
+                with pytest.raises(QuotaExceededError):
+                    await store.upload("new.bin", data if isinstance(data, bytes) else b"z" * 10_001)
+            assert await store.download("keep.bin") == b"old"
+            assert not await store.exists("new.bin")
+            assert (await store.upload("ok.bin", b"z" * 10_000)).size == 10_000
+        finally:
+            store.policy = None
+
+    async def test_mime_policy(self, store: BaseDriver) -> None:
+        store.policy = UploadPolicy(allowed_mime_types=("image/*", "application/pdf"))
+        try:
+            await store.upload("a.png", b"x")
+            await store.upload("doc", b"x", "application/pdf")
+            with pytest.raises(QuotaExceededError, match="not allowed"):
+                await store.upload("a.exe", b"x")
+            with pytest.raises(QuotaExceededError):
+                await store.upload("b.png", b"x", "text/html")
+            assert not await store.exists("a.exe")
+            assert not await store.exists("b.png")
+        finally:
+            store.policy = None
+
+    async def test_checksum_verified(self, store: BaseDriver) -> None:
+        data = b"payload" * 1000
+        sha = hashlib.sha256(data).hexdigest()
+        assert (await store.upload("c.bin", data, checksum=f"sha256:{sha}")).size == len(data)
+        assert (await store.upload("d.bin", agen([data]), checksum=md5(data))).size == len(data)
+        with pytest.raises(ChecksumMismatchError) as exc:
+            await store.upload("c.bin", agen([b"other", b"bytes"]), checksum=f"sha256:{sha}")
+        assert exc.value.code == "LEX_ERR_STORE_006"
+        with pytest.raises(ChecksumMismatchError):
+            await store.upload("e.bin", b"x", checksum="md5:" + "0" * 32)
+        assert await store.download("c.bin") == data
+        assert not await store.exists("e.bin")
+
+    # ------------------------------------------------------------ listing
+
+    async def test_list_order_prefix_and_paging(self, store: BaseDriver) -> None:
+        keys = ["a-b", "a/b", "a.b", "a0", "a/b/c", "a/a", "b", "photo.png", "photos/1.png",
+                "photos/2/3.png", "A", "z/ü", "a b"]
+        for key in random.sample(keys, len(keys)):
+            await store.upload(key, b"x")
+        assert [i.path async for i in store.list()] == sorted(keys)
+        assert [i.path async for i in store.list("photo")] == ["photo.png", "photos/1.png",
+                                                              "photos/2/3.png"]
+        assert [i.path async for i in store.list("photos/")] == ["photos/1.png", "photos/2/3.png"]
+        assert [i.path async for i in store.list("a/")] == ["a/a", "a/b", "a/b/c"]
+        assert [i.path async for i in store.list("nothing")] == []
+        assert [i.path async for i in store.list(limit=3)] == sorted(keys)[:3]
+        assert [i.path async for i in store.list(start_after="a0")] == \
+            [k for k in sorted(keys) if k > "a0"]
+        assert [i.path async for i in store.list("a/", start_after="a/a", limit=1)] == ["a/b"]
+        assert [i.path async for i in store.list(limit=0)] == []
+        with pytest.raises(InvalidPathError):
+            _ = [i async for i in store.list("/abs")]
+
+    async def test_list_items_are_full_infos(self, store: BaseDriver) -> None:
+        await store.upload("l/a.png", b"abc", metadata={"k": "v"})
+        [item] = [i async for i in store.list("l/")]
+        assert item.size == 3
+        assert item.etag == md5(b"abc")
+        assert item.content_type == "image/png"
+        assert item.metadata == {"k": "v"}
+
+    async def test_list_dir(self, store: BaseDriver) -> None:
+        for key in ["p/a.txt", "p/b.txt", "p/sub/c.txt", "p/sub/deeper/d.txt", "p/z/e.txt",
+                    "q.txt"]:
+            await store.upload(key, b"x")
+        listing = await store.list_dir("p/")
+        assert [f.path for f in listing.files] == ["p/a.txt", "p/b.txt"]
+        assert listing.prefixes == ["p/sub/", "p/z/"]
+        top = await store.list_dir("")
+        assert [f.path for f in top.files] == ["q.txt"]
+        assert top.prefixes == ["p/"]
+
+    async def test_list_while_writing(self, store: BaseDriver) -> None:
+        for i in range(50):
+            await store.upload(f"w/{i:03d}", b"x")
+
+        async def writer() -> None:
+            for i in range(50, 100):
+                await store.upload(f"w/{i:03d}", b"x")
+                if i % 2:
+                    await store.delete(f"w/{i - 50:03d}")
+
+        async def lister() -> list[str]:
+            return [i.path async for i in store.list("w/")]
+
+        _, seen = await asyncio.gather(writer(), lister())
+        assert seen == sorted(seen)
+        assert len(set(seen)) == len(seen)
+        final = [i.path async for i in store.list("w/")]
+        assert len(final) == 75
+
+    # ------------------------------------------------------------ streaming
+
+    async def test_stream_chunks_and_ranges(self, store: BaseDriver) -> None:
+        raw = os.urandom(100_000)
+        await store.upload("s.bin", raw)
+        chunks = [c async for c in store.stream("s.bin", chunk_size=4096)]
+        assert all(0 < len(c) <= 4096 for c in chunks)
+        assert b"".join(chunks) == raw
+        assert b"".join([c async for c in store.stream("s.bin")]) == raw
+
+        async def ranged(offset: int, length: int | None) -> bytes:
+            return b"".join([c async for c in store.stream("s.bin", 1000, offset=offset,
+                                                           length=length)])
+
+        assert await ranged(10, 5000) == raw[10:5010]
+        assert await ranged(99_990, None) == raw[99_990:]
+        assert await ranged(99_990, 1000) == raw[99_990:]
+        assert await ranged(0, 0) == b""
+        assert await ranged(200_000, None) == b""
+        with pytest.raises(ValueError):
+            _ = [c async for c in store.stream("s.bin", chunk_size=0)]
+        with pytest.raises(ValueError):
+            _ = [c async for c in store.stream("s.bin", offset=-1)]
+
+    async def test_stream_of_empty_object(self, store: BaseDriver) -> None:
+        await store.upload("empty", b"")
+        assert [c async for c in store.stream("empty")] == []
+        assert await store.download("empty") == b""
+
+    # ------------------------------------------------------------ copy and move
+
+    async def test_copy_keeps_content_type_and_metadata(self, store: BaseDriver) -> None:
+        await store.upload("src.dat", b"data", "text/csv", metadata={"m": "1"},
+                           cache_control="no-store")
+        await store.upload("dst.dat", b"old")
+        info = await store.copy("src.dat", "dst.dat")
+        assert info.path == "dst.dat"
+        assert info.size == 4
+        assert info.content_type == "text/csv"
+        stored = await store.info("dst.dat")
+        assert stored.content_type == "text/csv"
+        assert stored.metadata == {"m": "1"}
+        assert getattr(stored, "cache_control", None) == "no-store"
+        assert stored.etag == md5(b"data")
+        assert await store.download("dst.dat") == b"data"
+        assert await store.download("src.dat") == b"data"
+
+    async def test_move(self, store: BaseDriver) -> None:
+        await store.upload("mv/a.txt", b"data", metadata={"m": "2"})
+        info = await store.move("mv/a.txt", "mv/b/c.txt")
+        assert info.path == "mv/b/c.txt"
+        assert not await store.exists("mv/a.txt")
+        stored = await store.info("mv/b/c.txt")
+        assert stored.metadata == {"m": "2"}
+        assert stored.content_type == "text/plain"
+        assert await store.download("mv/b/c.txt") == b"data"
+
+    async def test_copy_and_move_onto_itself_change_nothing(self, store: BaseDriver) -> None:
+        up = await store.upload("self.txt", b"same", metadata={"k": "v"})
+        assert (await store.copy("self.txt", "self.txt")).etag == up.etag
+        assert (await store.move("self.txt", "self.txt")).etag == up.etag
+        assert await store.download("self.txt") == b"same"
+        assert (await store.info("self.txt")).metadata == {"k": "v"}
+
+    async def test_copy_batch(self, store: BaseDriver) -> None:
+        await store.upload("cb/1", b"1")
+        await store.upload("cb/2", b"2")
+        assert await store.copy_batch([("cb/1", "cb/x"), ("cb/2", "cb/y")]) == ["cb/x", "cb/y"]
+        assert await store.download("cb/y") == b"2"
+        with pytest.raises(InvalidPathError):
+            await store.copy_batch([("cb/1", "cb/z"), ("cb/2", "../bad")])
+        assert not await store.exists("cb/z")
+
+    # ------------------------------------------------------------ create-only
+
+    async def test_create_only(self, store: BaseDriver) -> None:
+        info = await store.upload("co.txt", b"first", if_none_match="*")
+        assert info.size == 5
+        with pytest.raises(PreconditionFailedError) as exc:
+            await store.upload("co.txt", b"second", if_none_match="*")
+        assert exc.value.code == "LEX_ERR_STORE_007"
+        assert "co.txt" in exc.value.message
+        with pytest.raises(PreconditionFailedError):
+            await store.upload("co.txt", agen([b"third"]), if_none_match="*")
+        assert await store.download("co.txt") == b"first"
+        with pytest.raises(ValueError):
+            await store.upload("co2.txt", b"x", if_none_match="etag")
+
+    async def test_concurrent_create_only_has_one_winner(self, store: BaseDriver) -> None:
+        async def attempt(i: int) -> int | None:
+            try:
+                await store.upload("race.txt", agen([f"writer-{i}".encode()] * 3),
+                                   if_none_match="*")
+                return i
+            except PreconditionFailedError:
+                return None
+
+        results = await asyncio.gather(*(attempt(i) for i in range(8)))
+        winners = [r for r in results if r is not None]
+        assert len(winners) == 1
+        assert await store.download("race.txt") == f"writer-{winners[0]}".encode() * 3
+
+    # ------------------------------------------------------------ deleting
+
+    async def test_delete_many_and_clear(self, store: BaseDriver) -> None:
+        for key in ["d/1", "d/2", "d/3", "e/1"]:
+            await store.upload(key, b"x")
+        deleted = await store.delete_many(["d/1", "d/2", "d/missing", "d/1"])
+        assert deleted == ["d/1", "d/2", "d/missing"]
+        assert [i.path async for i in store.list()] == ["d/3", "e/1"]
+        with pytest.raises(InvalidPathError):
+            await store.delete_many(["d/3", "/bad"])
+        assert await store.exists("d/3")
+        assert await store.clear("d/") == 1
+        assert [i.path async for i in store.list()] == ["e/1"]
+        assert await store.clear() == 1
+        assert [i.path async for i in store.list()] == []
+
+    # ------------------------------------------------------------ concurrency
+
+    async def test_concurrent_writers_to_one_key(self, store: BaseDriver) -> None:
+        bodies = [bytes([i]) * (50_000 + i) for i in range(10)]
+        await asyncio.gather(*(store.upload("hot.bin", agen([b[:25_000], b[25_000:]]))
+                               for b in bodies))
+        data = await store.download("hot.bin")
+        assert data in bodies
+        assert (await store.info("hot.bin")).etag == md5(data)
+
+    async def test_many_concurrent_uploads(self, store: BaseDriver) -> None:
+        await asyncio.gather(*(store.upload(f"many/{i:03d}.bin", os.urandom(100))
+                               for i in range(64)))
+        assert len([i async for i in store.list("many/")]) == 64
+
+    # ------------------------------------------------------------ URLs and health
+
+    async def test_urls(self, store: BaseDriver) -> None:
+        await store.upload("u/a b.txt", b"x")
+        url = await store.get_url("u/a b.txt")
+        assert isinstance(url, str)
+        assert "a%20b.txt" in url
+        try:
+            signed = await store.get_presigned_url("u/a b.txt", timedelta(minutes=5))
+        except StorageUnsupportedOperationError as exc:
+            assert store.name in exc.message
+        else:
+            assert isinstance(signed, str)
+            assert signed != url
+        with pytest.raises(ValueError):
+            await store.get_presigned_url("u/a b.txt", method="DELETE")
+        with pytest.raises(ValueError):
+            await store.get_presigned_url("u/a b.txt", timedelta(days=8))
+
+    async def test_health_check(self, store: BaseDriver) -> None:
+        result = await store.health_check(timeout=5.0)
+        assert result.status == HealthStatus.HEALTHY, result.error
+        assert store.name in result.component
+        assert result.details is not None
+        assert "latency_ms" in result.details
+
+    # ------------------------------------------------------------ events
+
+    async def test_events_for_every_operation(self, store: BaseDriver, events: _Recorder) -> None:
+        await store.upload("ev/a.txt", b"abc")
+        await store.download("ev/a.txt")
+        _ = [c async for c in store.stream("ev/a.txt", 1)]
+        await store.copy("ev/a.txt", "ev/b.txt")
+        await store.move("ev/b.txt", "ev/c.txt")
+        await store.delete("ev/a.txt")
+        await store.delete_many(["ev/c.txt"])
+        await store.upload("ev/d.txt", b"d")
+        await store.clear("ev/")
+        await store.flush_events(5)
+        up = events.of(FileUploadedEvent)
+        assert [(e.file_key, e.size_bytes) for e in up] == [
+            ("ev/a.txt", 3), ("ev/b.txt", 3), ("ev/c.txt", 3), ("ev/d.txt", 1)]
+        assert all(e.bucket == store.bucket and e.backend == store.name for e in up)
+        assert up[0].etag == md5(b"abc")
+        assert up[0].content_type == "text/plain"
+        down = events.of(FileDownloadedEvent)
+        assert [(e.file_key, e.size_bytes) for e in down] == [("ev/a.txt", 3), ("ev/a.txt", 3)]
+        deleted = [e.file_key for e in events.of(FileDeletedEvent)]
+        assert deleted == ["ev/b.txt", "ev/a.txt", "ev/c.txt", "ev/d.txt"]
+
+    async def test_no_events_for_failures_or_partial_streams(self, store: BaseDriver,
+                                                             events: _Recorder) -> None:
+        await store.upload("pe.bin", b"x" * 10_000)
+        async for _ in store.stream("pe.bin", 100):
+            break
+        with pytest.raises(StorageFileNotFoundError):
+            await store.download("missing")
+        await store.delete("missing", missing_ok=True)
+        store.policy = UploadPolicy(max_bytes=5)
+        try:
+            with pytest.raises(QuotaExceededError):
+                await store.upload("big", b"123456")
+        finally:
+            store.policy = None
+        await store.flush_events(5)
+        assert [type(e).__name__ for e in events.received] == ["FileUploadedEvent"]
+
+    async def test_failing_subscriber_never_fails_the_call(self, store: BaseDriver,
+                                                          events: _Recorder) -> None:
+        def explode(event: Any) -> None:
+            raise RuntimeError("subscriber failed")
+
+        events.bus.subscribe(FileUploadedEvent, explode)
+        info = await store.upload("f.txt", b"ok")
+        assert info.size == 2
+        await store.flush_events(10)
+        assert [e.file_key for e in events.of(FileUploadedEvent)] == ["f.txt"]
+
+    async def test_hooks_fire(self, store: BaseDriver) -> None:
+        hooks_mod = pytest.importorskip("lexigram.hooks")
+        registry = hooks_mod.HookRegistry("conformance")
+        seen: list[Any] = []
+
+        async def record(**kwargs: Any) -> None:
+            seen.append(kwargs["payload"])
+
+        registry.register_action(HOOK_OBJECT_STORED, record)
+        registry.register_action(HOOK_OBJECT_DELETED, record)
+        previous = store.events
+        store.events = StorageEvents(hooks=registry)
+        try:
+            await store.upload("h.txt", b"xy")
+            await store.delete("h.txt")
+            await store.flush_events(5)
+        finally:
+            await store.events.aclose()
+            store.events = previous
+        assert seen == [
+            ObjectStoredHook(bucket=store.bucket, key="h.txt", size=2, content_type="text/plain",
+                             backend=store.name),
+            ObjectDeletedHook(bucket=store.bucket, key="h.txt", backend=store.name),
+        ]
