@@ -30,8 +30,8 @@ ENTRY_POINT_GROUP = "lexigram_storage.drivers"
 
 # driver name -> (module:class, pip extra needed)
 _BUILTIN: dict[str, tuple[str, str | None]] = {
-    "memory": ("lexigram_storage.drivers.memory:MemoryDriver", None),
     "local": ("lexigram_storage.drivers.local:LocalDriver", None),
+    "memory": ("lexigram_storage.drivers.memory:MemoryDriver", None),
     "s3": ("lexigram_storage.drivers.s3:S3Driver", "s3"),
     "r2": ("lexigram_storage.drivers.s3:S3Driver", "r2"),
     "gcs": ("lexigram_storage.drivers.gcs:GCSDriver", "gcs"),
@@ -50,14 +50,19 @@ class DriverContext:
 DriverFactory = Callable[["NamedStorageConfig", DriverContext], "BaseDriver"]
 
 
+# names given to DriverRegistry.register(), so configs may refer to them
+_RUNTIME_NAMES: dict[str, None] = {}
+
+
 @cache
 def _entry_points() -> dict[str, Any]:
     return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
 def known_driver_names() -> list[str]:
-    """Built-in driver names, then those declared by installed packages."""
-    return [*_BUILTIN, *(n for n in _entry_points() if n not in _BUILTIN)]
+    """Built-in driver names, then those of installed packages and of ``register()`` calls."""
+    names = dict.fromkeys([*_BUILTIN, *_entry_points(), *_RUNTIME_NAMES])
+    return list(names)
 
 
 class DriverRegistry:
@@ -67,12 +72,12 @@ class DriverRegistry:
         self._factories: dict[str, DriverFactory] = {}
 
     def register(self, name: str, factory: DriverFactory) -> None:
-        """Add or replace the factory for *name*."""
+        """Add or replace the factory for *name* (configs may then use ``driver: name``)."""
         self._factories[name] = factory
+        _RUNTIME_NAMES[name] = None
 
     def names(self) -> list[str]:
-        return [*known_driver_names(), *(n for n in self._factories if n not in _BUILTIN
-                                          and n not in _entry_points())]
+        return list(dict.fromkeys([*known_driver_names(), *self._factories]))
 
     def factory(self, name: str) -> DriverFactory:
         if name in self._factories:
