@@ -8,7 +8,7 @@ framework's ``LEX_STORAGE__*`` overrides) and validates it with this same model.
 from __future__ import annotations
 
 import os
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -18,7 +18,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from lexigram_storage.payload import UploadPolicy
 
@@ -167,7 +167,7 @@ class StorageOperationConfig(_Model):
     """Upload policy applied by every backend."""
 
     max_file_size_mb: float | None = Field(None, gt=0, description="Largest upload; none = no limit.")
-    allowed_mime_types: list[str] = Field(default_factory=list, description="MIME patterns (image/*); empty = all.")
+    allowed_mime_types: Annotated[list[str], NoDecode] = Field(default_factory=list, description="MIME patterns (image/*); empty = all.")
 
     @field_validator("allowed_mime_types", mode="before")
     @classmethod

@@ -34,12 +34,20 @@ __all__ = [
 DEFAULT_CONTENT_TYPE: Final = "application/octet-stream"
 READ_CHUNK_SIZE: Final = 1024 * 1024
 _HASHES: Final = ("md5", "sha1", "sha256", "sha512")
-_MIMES = mimetypes.MimeTypes()
+_MIMES = mimetypes.MimeTypes()  # Python's built-in table only: the same on every machine
+# Suffixes the stdlib treats as encodings or does not know (in Python 3.11).
+_EXTRA_TYPES: Final = {
+    ".gz": "application/gzip", ".tgz": "application/gzip", ".bz2": "application/x-bzip2",
+    ".xz": "application/x-xz", ".zst": "application/zstd", ".br": "application/x-brotli",
+    ".md": "text/markdown", ".yaml": "application/yaml", ".yml": "application/yaml",
+    ".avif": "image/avif", ".heic": "image/heic", ".woff2": "font/woff2", ".woff": "font/woff",
+    ".mjs": "text/javascript", ".wasm": "application/wasm", ".ndjson": "application/x-ndjson",
+}
 
 
 @lru_cache(maxsize=1024)
 def _guess_by_suffix(suffix: str) -> str | None:
-    return _MIMES.guess_type("x" + suffix, strict=False)[0]
+    return _EXTRA_TYPES.get(suffix) or _MIMES.guess_type("x" + suffix, strict=False)[0]
 
 
 def guess_content_type(key: str) -> str:

@@ -1,0 +1,145 @@
+"""StorageConfig: validation, environment variables, production security, secrets."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import SecretStr, ValidationError
+
+from lexigram_storage import (
+    EncryptionConfig,
+    NamedStorageConfig,
+    StorageAzureConfig,
+    StorageConfig,
+    StorageLocalConfig,
+    StorageR2Config,
+    StorageS3Config,
+)
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for key in list(os.environ):
+        if key.startswith("LEX_STORAGE__") or key == "LEX_ENV":
+            monkeypatch.delenv(key)
+
+
+def test_defaults() -> None:
+    config = StorageConfig()
+    assert config.default_driver == "local"
+    assert config.drivers.local.root_dir == "./storage"
+    assert config.service.max_file_size_mb is None
+    assert config.service.allowed_mime_types == []
+    assert config.service.policy() is None
+    assert config.default_backend() == "local"
+    assert config.env == "development"
+
+
+def test_default_driver_must_be_known() -> None:
+    with pytest.raises(ValidationError) as exc:
+        StorageConfig(default_driver="ftp")  # type: ignore[arg-type]
+    text = str(exc.value)
+    assert "default_driver" in text
+    for name in ("local", "memory", "s3", "r2", "gcs", "azure"):
+        assert f"'{name}'" in text
+
+
+def test_env_vars_and_explicit_values_win(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LEX_STORAGE__DEFAULT_DRIVER", "s3")
+    monkeypatch.setenv("LEX_STORAGE__DRIVERS__S3__BUCKET", "env-bucket")
+    monkeypatch.setenv("LEX_STORAGE__DRIVERS__S3__REGION", "eu-west-1")
+    monkeypatch.setenv("LEX_STORAGE__SERVICE__MAX_FILE_SIZE_MB", "25")
+    monkeypatch.setenv("LEX_STORAGE__SERVICE__ALLOWED_MIME_TYPES", "image/*, application/pdf")
+    monkeypatch.setenv("LEX_STORAGE__HEALTH_CHECK_TIMEOUT", "2.5")
+    config = StorageConfig()
+    assert config.default_driver == "s3"
+    assert config.drivers.s3 is not None
+    assert config.drivers.s3.bucket == "env-bucket"
+    assert config.drivers.s3.region == "eu-west-1"
+    assert config.service.max_file_size_mb == 25
+    assert config.service.allowed_mime_types == ["image/*", "application/pdf"]
+    policy = config.service.policy()
+    assert policy is not None
+    assert policy.max_bytes == 25 * 1024 * 1024
+    assert config.health_check_timeout == 2.5
+    assert StorageConfig(default_driver="memory").default_driver == "memory"
+
+
+def test_backends_from_env_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LEX_STORAGE__BACKENDS",
+                       '[{"name": "a", "driver": "memory", "primary": true}]')
+    assert StorageConfig().default_backend() == "a"
+
+
+def test_named_backend_errors_name_the_entry_and_field() -> None:
+    with pytest.raises(ValidationError, match=r"duplicate backend name 'a' \(backends\[0\] and "
+                                              r"backends\[2\]\)"):
+        StorageConfig(backends=[NamedStorageConfig(name="a", driver="memory"),
+                                NamedStorageConfig(name="b", driver="memory"),
+                                NamedStorageConfig(name="a", driver="memory")])
+    with pytest.raises(ValidationError, match=r"more than one primary backend: \['a', 'b'\]"):
+        StorageConfig(backends=[NamedStorageConfig(name="a", driver="memory", primary=True),
+                                NamedStorageConfig(name="b", driver="memory", primary=True)])
+    with pytest.raises(ValidationError, match="backend 'pics' uses driver 's3' but has no 's3'"):
+        StorageConfig(backends=[{"name": "pics", "driver": "s3"}])  # type: ignore[list-item]
+    with pytest.raises(ValidationError) as exc:
+        StorageConfig(backends=[{"name": "pics", "driver": "s3", "s3": {}}])  # type: ignore[list-item]
+    assert "backends.0.s3.bucket" in str(exc.value)
+    with pytest.raises(ValidationError, match="drivers.s3 is not set"):
+        StorageConfig(default_driver="s3")
+
+
+def test_driver_block_rules() -> None:
+    with pytest.raises(ValidationError, match="r2 needs endpoint_url or account_id"):
+        StorageR2Config(bucket="b")
+    r2 = StorageR2Config(bucket="b", account_id="abc")
+    assert r2.endpoint_url == "https://abc.r2.cloudflarestorage.com"
+    assert r2.region == "auto"
+    with pytest.raises(ValidationError, match="together"):
+        StorageS3Config(bucket="b", access_key="AKIA")
+    with pytest.raises(ValidationError, match="connection_string or account_name"):
+        StorageAzureConfig(container="c")
+    with pytest.raises(ValidationError, match="kms_key_id"):
+        EncryptionConfig(enabled=True, type="aws:kms")
+
+
+def test_from_named() -> None:
+    entry = NamedStorageConfig(name="docs", driver="local",
+                               local=StorageLocalConfig(root_dir="/srv/docs"))
+    config = StorageConfig.from_named(entry)
+    assert config.name == "docs"
+    assert config.default_driver == "local"
+    assert config.drivers.local.root_dir == "/srv/docs"
+
+
+def test_secrets_never_in_repr() -> None:
+    config = StorageConfig(drivers={"s3": StorageS3Config(bucket="b", access_key="AKIAXYZ",
+                                                         secret_key=SecretStr("s3cr3t-value"))})
+    assert "s3cr3t-value" not in repr(config)
+    assert "s3cr3t-value" not in str(config.model_dump())
+    local = StorageLocalConfig(signing_key=SecretStr("hmac-key-123"))
+    assert "hmac-key-123" not in repr(local)
+
+
+@pytest.mark.parametrize("weak", ["change-me", "password", "secret", "minioadmin", "CHANGEME"])
+def test_production_rejects_placeholder_secrets(monkeypatch: pytest.MonkeyPatch,
+                                                weak: str) -> None:
+    monkeypatch.setenv("LEX_ENV", "production")
+    with pytest.raises(ValidationError) as exc:
+        StorageConfig(drivers={"s3": StorageS3Config(bucket="b", access_key="AKIAREAL",
+                                                     secret_key=SecretStr(weak))})
+    assert "drivers.s3.secret_key is a placeholder credential" in str(exc.value)
+    assert f"'{weak}'" not in str(exc.value)
+    with pytest.raises(ValidationError, match=r"backends\[0\].local.signing_key"):
+        StorageConfig(backends=[NamedStorageConfig(
+            name="a", driver="local", local=StorageLocalConfig(signing_key=SecretStr(weak)))])
+    strong = StorageConfig(drivers={"s3": StorageS3Config(
+        bucket="b", access_key="AKIAREAL", secret_key=SecretStr("q8Z!kP2x-long-random"))})
+    assert strong.drivers.s3 is not None
+
+
+def test_development_allows_placeholders() -> None:
+    config = StorageConfig(drivers={"s3": StorageS3Config(bucket="b", access_key="minioadmin",
+                                                         secret_key=SecretStr("minioadmin"))})
+    assert config.drivers.s3 is not None
