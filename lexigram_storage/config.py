@@ -167,7 +167,8 @@ class StorageOperationConfig(_Model):
     """Upload policy applied by every backend."""
 
     max_file_size_mb: float | None = Field(None, gt=0, description="Largest upload; none = no limit.")
-    allowed_mime_types: Annotated[list[str], NoDecode] = Field(default_factory=list, description="MIME patterns (image/*); empty = all.")
+    allowed_mime_types: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="MIME patterns (image/*); empty = all.")
 
     @field_validator("allowed_mime_types", mode="before")
     @classmethod

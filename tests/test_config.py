@@ -86,7 +86,7 @@ def test_named_backend_errors_name_the_entry_and_field() -> None:
     with pytest.raises(ValidationError) as exc:
         StorageConfig(backends=[{"name": "pics", "driver": "s3", "s3": {}}])  # type: ignore[list-item]
     assert "backends.0.s3.bucket" in str(exc.value)
-    with pytest.raises(ValidationError, match="drivers.s3 is not set"):
+    with pytest.raises(ValidationError, match=r"drivers\.s3 is not set"):
         StorageConfig(default_driver="s3")
 
 
