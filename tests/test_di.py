@@ -414,3 +414,23 @@ async def test_config_policy_applies_to_every_backend(running: list[Application]
         await store.upload("ok.png", b"x")
         with pytest.raises(QuotaExceededError):
             await store.upload("no.txt", b"x")
+
+
+@pytest.mark.parametrize(("name", "backends"), [
+    ("application.local.yaml", ["local"]),
+    ("application.multi.yaml", ["avatars", "exports", "scratch", "cache"]),
+    ("application.emulators.yaml", ["files"]),
+    ("application.production.yaml", ["files"]),
+])
+async def test_shipped_config_files_are_valid(
+    running: list[Application], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    name: str, backends: list[str],
+) -> None:
+    source = Path(__file__).parent.parent / "config" / name
+    (tmp_path / "application.yaml").write_text(source.read_text())
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("STORAGE_BUCKET", "bucket")
+    monkeypatch.setenv("STORAGE_KMS_KEY_ID", "arn:aws:kms:eu-west-1:1:key/abc")
+    provider = StorageProvider(stub=True)  # validates the section; memory drivers, no services
+    await start(running, app_with(providers=[provider]))
+    assert list(provider.drivers) == backends
