@@ -70,8 +70,8 @@ class StorageLocalConfig(_Model):
 class EncryptionConfig(_Model):
     """Server-side encryption for S3/R2 uploads and copies."""
 
-    enabled: bool = False
-    type: Literal["AES256", "aws:kms"] = "AES256"
+    enabled: bool = Field(False, description="Encrypt every stored object server-side.")
+    type: Literal["AES256", "aws:kms"] = Field("AES256", description="SSE-S3 (AES256) or SSE-KMS.")
     kms_key_id: str | None = Field(None, description="KMS key id/ARN for type aws:kms.")
 
     @model_validator(mode="after")
@@ -84,22 +84,26 @@ class EncryptionConfig(_Model):
 class StorageS3Config(_Model):
     """``driver: s3``: Amazon S3 or an S3-compatible server."""
 
-    bucket: str
-    region: str | None = None
+    bucket: str = Field(description="Bucket name.")
+    region: str | None = Field(None, description="AWS region (default: the SDK's resolution).")
     access_key: str | None = Field(None, description="Omit to use the AWS credential chain.")
-    secret_key: SecretStr | None = None
-    session_token: SecretStr | None = None
+    secret_key: SecretStr | None = Field(None, description="Secret access key (with access_key).")
+    session_token: SecretStr | None = Field(None, description="Temporary-credential session token.")
     endpoint_url: str | None = Field(None, description="Custom endpoint (MinIO, moto, LocalStack).")
     public_url: str | None = Field(None, description="Custom domain / CDN used by get_url.")
-    addressing_style: Literal["auto", "path", "virtual"] = "auto"
-    connect_timeout: float = Field(10.0, gt=0)
-    read_timeout: float = Field(60.0, gt=0)
-    max_attempts: int = Field(3, ge=1)
-    retry_mode: Literal["standard", "adaptive", "legacy"] = "standard"
-    multipart_threshold: int = Field(8 * MiB, ge=5 * MiB)
-    multipart_chunk_size: int = Field(8 * MiB, ge=5 * MiB)
-    max_concurrency: int = Field(4, ge=1, le=64)
-    encryption: EncryptionConfig | None = None
+    addressing_style: Literal["auto", "path", "virtual"] = Field(
+        "auto", description="Bucket in the host name (virtual) or in the path.")
+    connect_timeout: float = Field(10.0, gt=0, description="Seconds to open a connection.")
+    read_timeout: float = Field(60.0, gt=0, description="Seconds to wait for response bytes.")
+    max_attempts: int = Field(3, ge=1, description="Attempts per request, including the first.")
+    retry_mode: Literal["standard", "adaptive", "legacy"] = Field(
+        "standard", description="botocore retry mode.")
+    multipart_threshold: int = Field(8 * MiB, ge=5 * MiB,
+                                     description="Uploads at least this big use multipart (bytes).")
+    multipart_chunk_size: int = Field(8 * MiB, ge=5 * MiB,
+                                      description="Part size; grows to stay under 10,000 parts.")
+    max_concurrency: int = Field(4, ge=1, le=64, description="Parts uploaded at once.")
+    encryption: EncryptionConfig | None = Field(None, description="Server-side encryption.")
 
     @model_validator(mode="after")
     def _keys_in_pairs(self) -> StorageS3Config:
@@ -111,7 +115,7 @@ class StorageS3Config(_Model):
 class StorageR2Config(StorageS3Config):
     """``driver: r2``: Cloudflare R2 (S3 API; endpoint required, region ``auto``)."""
 
-    region: str | None = "auto"
+    region: str | None = Field("auto", description="R2 uses 'auto'.")
     account_id: str | None = Field(None, description="Builds the endpoint when endpoint_url is unset.")
 
     @model_validator(mode="after")
@@ -126,24 +130,24 @@ class StorageR2Config(StorageS3Config):
 class StorageGCSConfig(_Model):
     """``driver: gcs``: Google Cloud Storage."""
 
-    bucket: str
-    project_id: str | None = None
+    bucket: str = Field(description="Bucket name.")
+    project_id: str | None = Field(None, description="Project id (informational; ADC resolves it).")
     credentials_path: str | None = Field(None, description="Service-account JSON; default: ADC.")
     endpoint_url: str | None = Field(None, description="API endpoint (emulator); default Google.")
-    public_url: str | None = None
-    timeout: float = Field(60.0, gt=0)
+    public_url: str | None = Field(None, description="Custom domain / CDN used by get_url.")
+    timeout: float = Field(60.0, gt=0, description="Seconds per request.")
 
 
 class StorageAzureConfig(_Model):
     """``driver: azure``: Azure Blob Storage (or Azurite)."""
 
-    container: str
-    account_name: str | None = None
-    account_key: SecretStr | None = None
-    connection_string: SecretStr | None = None
+    container: str = Field(description="Blob container name.")
+    account_name: str | None = Field(None, description="Storage account name.")
+    account_key: SecretStr | None = Field(None, description="Storage account key.")
+    connection_string: SecretStr | None = Field(None, description="Full connection string (Azurite too).")
     account_url: str | None = Field(None, description="Blob endpoint; default https://<account>.blob.core.windows.net.")
-    public_url: str | None = None
-    timeout: float = Field(60.0, gt=0)
+    public_url: str | None = Field(None, description="Custom domain / CDN used by get_url.")
+    timeout: float = Field(60.0, gt=0, description="Seconds per request.")
 
     @model_validator(mode="after")
     def _needs_credentials(self) -> StorageAzureConfig:
@@ -187,15 +191,16 @@ class StorageOperationConfig(_Model):
 class NamedStorageConfig(_Model):
     """One named backend; injected as ``Annotated[BlobStoreProtocol, Named(name)]``."""
 
-    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-    driver: str
-    primary: bool = False
-    memory: StorageMemoryConfig | None = None
-    local: StorageLocalConfig | None = None
-    s3: StorageS3Config | None = None
-    r2: StorageR2Config | None = None
-    gcs: StorageGCSConfig | None = None
-    azure: StorageAzureConfig | None = None
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$",
+                      description="Unique backend name; the Named() DI key.")
+    driver: str = Field(description="local, memory, s3, r2, gcs, azure, or a registered driver.")
+    primary: bool = Field(False, description="Also bound as the unnamed BlobStoreProtocol.")
+    memory: StorageMemoryConfig | None = Field(None, description="Settings when driver is memory.")
+    local: StorageLocalConfig | None = Field(None, description="Settings when driver is local (required).")
+    s3: StorageS3Config | None = Field(None, description="Settings when driver is s3 (required).")
+    r2: StorageR2Config | None = Field(None, description="Settings when driver is r2 (required).")
+    gcs: StorageGCSConfig | None = Field(None, description="Settings when driver is gcs (required).")
+    azure: StorageAzureConfig | None = Field(None, description="Settings when driver is azure (required).")
     options: dict[str, Any] = Field(default_factory=dict, description="Settings for a third-party driver.")
 
     @field_validator("driver")
@@ -248,14 +253,19 @@ class StorageConfig(BaseSettings):
         case_sensitive=False,
     )
 
-    name: str = "storage"
-    enabled: bool = True
-    default_driver: DriverName = "local"
-    drivers: StorageDriversConfig = Field(default_factory=StorageDriversConfig)
-    backends: list[NamedStorageConfig] = Field(default_factory=list)
-    service: StorageOperationConfig = Field(default_factory=StorageOperationConfig)
-    health_check_timeout: float = Field(5.0, gt=0)
-    env: str = Field(default_factory=lambda: os.environ.get("LEX_ENV", "development"))
+    name: str = Field("storage", description="Name of this configuration.")
+    enabled: bool = Field(True, description="False binds no backends (only DriverRegistry).")
+    default_driver: DriverName = Field(
+        "local", description="Driver of the single backend used when `backends` is empty.")
+    drivers: StorageDriversConfig = Field(default_factory=StorageDriversConfig,
+                                          description="Per-driver settings for default_driver.")
+    backends: list[NamedStorageConfig] = Field(default_factory=list,
+                                               description="Named backends (JSON list in env).")
+    service: StorageOperationConfig = Field(default_factory=StorageOperationConfig,
+                                            description="Upload policy for every backend.")
+    health_check_timeout: float = Field(5.0, gt=0, description="Seconds for boot and health probes.")
+    env: str = Field(default_factory=lambda: os.environ.get("LEX_ENV", "development"),
+                     description="Deployment environment; 'production' (or LEX_ENV) rejects weak secrets.")
 
     @model_validator(mode="after")
     def _check_backends(self) -> StorageConfig:
