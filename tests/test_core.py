@@ -170,3 +170,30 @@ def test_unsupported_is_the_contracts_error() -> None:
     assert type(err) is StorageUnsupportedOperationError
     assert err.code == "LEX_ERR_STORE_003"
     assert "mem" in err.message
+
+
+def test_readme_documents_every_config_key() -> None:
+    from pathlib import Path
+
+    from lexigram_storage import config
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    for model, prefix in [(config.StorageOperationConfig, "service."),
+                          (config.StorageLocalConfig, "drivers.local."),
+                          (config.StorageMemoryConfig, "drivers.memory."),
+                          (config.StorageS3Config, "drivers.s3."),
+                          (config.StorageR2Config, "drivers.r2."),
+                          (config.StorageGCSConfig, "drivers.gcs."),
+                          (config.StorageAzureConfig, "drivers.azure."),
+                          (config.EncryptionConfig, "drivers.s3.encryption."),
+                          (config.NamedStorageConfig, "backends[]."),
+                          (config.StorageConfig, "")]:
+        for field in model.model_fields:
+            if model is config.StorageConfig and field in ("drivers", "service", "backends"):
+                continue
+            assert f"`{prefix}{field}`" in readme, f"{prefix}{field} is not documented"
+    for cls in ("StorageFileNotFoundError", "InvalidPathError", "QuotaExceededError",
+                "ChecksumMismatchError", "PreconditionFailedError", "StoragePermissionError",
+                "StorageBucketNotFoundError", "StorageUnavailableError",
+                "StoragePartialDeleteError", "StorageConfigurationError", "StorageBootError"):
+        assert f"`{cls}`" in readme or f"`{cls}` (" in readme, cls
