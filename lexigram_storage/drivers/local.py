@@ -1,0 +1,1181 @@
+"""Local filesystem driver: atomic, S3-faithful object storage under one root directory.
+
+Layout
+    ``<root>/<key>`` holds the object ``key``; ``<root>/.lexigram/`` is the driver's own area
+    (``staging/`` for temp files, ``meta/`` for metadata sidecars when the filesystem has no
+    extended attributes). Keys whose first segment is ``.lexigram`` are rejected.
+
+    S3 allows what a filesystem does not, and this driver allows it too:
+
+    * a key that is also a "directory" of other keys (``a/b`` and ``a/b/c``): the object
+      ``a/b`` then lives in the file ``a/b\\x02`` beside the directory ``a/b``;
+    * a segment longer than a file name may be (255 bytes): it is split into 200-byte pieces,
+      each but the last stored as a directory whose name ends in ``\\x01``.
+
+    Neither control character can appear in a key, so the mapping is reversible; plain keys are
+    plain paths.
+
+Atomicity
+    Every write goes to a temp file in ``staging/`` (created with mode ``0o666 & ~umask``), gets
+    its metadata (the ``user.lexigram`` extended attribute: content type, user metadata, cache
+    control, MD5 etag) and is renamed into place; create-only writes hard-link instead, which
+    fails if the name exists. A failed, rejected or cancelled upload unlinks its temp file;
+    stale temp files of a killed process are removed by ``prepare()``. ``copy`` writes a temp
+    copy and renames it; ``move`` is a rename (the metadata travels with the inode).
+
+Symlinks
+    Every file and directory the driver opens is checked after opening (``/proc/self/fd``): if
+    it resolves outside the root, or into ``.lexigram/``, the call fails with
+    ``InvalidPathError`` before any byte is read or written. Listings skip symlinked
+    directories and symlinks leading outside the root.
+
+Speed
+    A small upload, a download and an ``info`` each cost one thread-pool hop; large uploads
+    write ~1 MiB per hop and streams read 1 MiB per hop (the next block is read while the
+    current one is consumed), whatever ``chunk_size`` the caller asked for.
+
+Serving presigned URLs
+    ``get_presigned_url`` returns ``<base_url>/<quoted key>?method=GET&expires=<unix>&signature=
+    <hex HMAC-SHA256>``. A web app mounts a route on ``base_url``'s path, passes the full request
+    URL and method to ``LocalDriver.verify_presigned_url(url, method)``, which returns the key or
+    raises ``StoragePermissionError``, and then answers with ``store.stream(key)`` (GET) or
+    ``store.upload(key, request_body_stream)`` (PUT).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import hashlib
+import heapq
+import hmac
+import itertools
+import json
+import os
+import secrets
+import stat
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, quote, unquote, urlsplit
+
+from lexigram.contracts.infra.storage import StorageError
+from pydantic import SecretStr
+
+from lexigram_storage.config import NamedStorageConfig, StorageLocalConfig
+from lexigram_storage.drivers.base import BaseDriver, create_only_conflict
+from lexigram_storage.errors import (
+    InvalidPathError,
+    StorageBootError,
+    StorageFileNotFoundError,
+    StoragePermissionError,
+    unsupported,
+)
+from lexigram_storage.events import StorageEvents
+from lexigram_storage.keys import validate_key
+from lexigram_storage.models import ObjectInfo
+from lexigram_storage.payload import Payload, UploadPolicy, guess_content_type
+from lexigram_storage.registry import DriverContext
+
+__all__ = ["INTERNAL_DIR", "LocalDriver"]
+
+T = TypeVar("T")
+
+INTERNAL_DIR = ".lexigram"
+_STAGING = "staging"
+_META = "meta"
+_XATTR = "user.lexigram"
+_CONT = "\x01"  # suffix of a directory holding the rest of an over-long segment
+_SELF = "\x02"  # suffix of the file of an object whose key is also a directory
+_PIECE = 200  # bytes per stored name piece (NAME_MAX is 255)
+_SMALL = 1024 * 1024  # payloads up to this size are written in one thread hop
+_BLOCK = 1024 * 1024  # bytes per read/write hop for large objects
+_LIST_BATCH = 256
+_OPEN_READ = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+_OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0)
+_OPEN_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+_HAS_PROC_FD = sys.platform.startswith("linux") and os.path.isdir("/proc/self/fd")
+_XATTR_UNSUPPORTED = {errno.ENOTSUP, getattr(errno, "EOPNOTSUPP", errno.ENOTSUP)}
+_SIGN_HINT = ("Set a signing key: LocalDriver(signing_key=...), or in configuration "
+              "storage.drivers.local.signing_key / the environment variable "
+              "LEX_STORAGE__DRIVERS__LOCAL__SIGNING_KEY.")
+_counter = itertools.count()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# ---------------------------------------------------------------------------- key <-> path
+
+
+def _components(key: str) -> list[str]:
+    """The stored names for *key*: one per segment, over-long segments split into pieces."""
+    if len(key) <= _PIECE:
+        return key.split("/")
+    out: list[str] = []
+    for segment in key.split("/"):
+        raw = segment.encode("utf-8", "surrogatepass")
+        if len(raw) <= _PIECE:
+            out.append(segment)
+            continue
+        while len(raw) > _PIECE:
+            cut = _PIECE
+            while cut > 0 and (raw[cut] & 0xC0) == 0x80:  # keep UTF-8 sequences whole
+                cut -= 1
+            out.append(raw[:cut].decode("utf-8", "surrogatepass") + _CONT)
+            raw = raw[cut:]
+        out.append(raw.decode("utf-8", "surrogatepass"))
+    return out
+
+
+@dataclass(slots=True)
+class _Meta:
+    content_type: str
+    metadata: dict[str, str]
+    cache_control: str | None
+    etag: str | None
+    created: float | None
+
+    def encode(self) -> bytes:
+        record: dict[str, Any] = {"ct": self.content_type, "etag": self.etag}
+        if self.metadata:
+            record["md"] = self.metadata
+        if self.cache_control is not None:
+            record["cc"] = self.cache_control
+        if self.created is not None:
+            record["t"] = self.created
+        return json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes | None, key: str) -> _Meta:
+        if raw:
+            try:
+                record = json.loads(raw)
+                return cls(str(record["ct"]), {str(k): str(v) for k, v in record.get("md", {}).items()},
+                           record.get("cc"), record.get("etag"), record.get("t"))
+            except (ValueError, KeyError, TypeError, AttributeError):
+                pass
+        return cls(guess_content_type(key), {}, None, None, None)
+
+
+def _info(key: str, st: os.stat_result, meta: _Meta) -> ObjectInfo:
+    modified = datetime.fromtimestamp(st.st_mtime, UTC)
+    return ObjectInfo(
+        path=key,
+        size=st.st_size,
+        content_type=meta.content_type,
+        last_modified=modified,
+        created_at=datetime.fromtimestamp(meta.created, UTC) if meta.created else modified,
+        etag=meta.etag,
+        metadata=dict(meta.metadata),
+        cache_control=meta.cache_control,
+    )
+
+
+class _Escape(Exception):
+    """A path resolved outside the root or into the driver's own area."""
+
+
+class LocalDriver(BaseDriver):
+    """Objects are files under ``root_dir``; see the module docstring for the guarantees.
+
+    Args:
+        root_dir: the directory holding the objects (created by ``prepare()`` and on first
+            write).
+        base_url: the URL prefix of ``get_url`` and presigned URLs.
+        signing_key: HMAC key for ``get_presigned_url`` (``str`` or ``SecretStr``).
+        fsync: fsync each file and its directory before a write returns (durable across
+            power loss, slower).
+    """
+
+    driver = "local"
+
+    def __init__(
+        self,
+        root_dir: str | os.PathLike[str] = "./storage",
+        base_url: str = "http://localhost:8000/storage",
+        signing_key: str | SecretStr | None = None,
+        *,
+        fsync: bool = False,
+        name: str | None = None,
+        policy: UploadPolicy | None = None,
+        events: StorageEvents | None = None,
+    ) -> None:
+        super().__init__(name=name, policy=policy, events=events)
+        self._root = os.path.abspath(os.fspath(root_dir))
+        self._real = os.path.realpath(self._root)
+        self._staging = os.path.join(self._root, INTERNAL_DIR, _STAGING)
+        self._meta_dir = os.path.join(self._root, INTERNAL_DIR, _META)
+        self._internal_real = os.path.join(self._real, INTERNAL_DIR)
+        self.base_url = base_url.rstrip("/")
+        if isinstance(signing_key, SecretStr):
+            signing_key = signing_key.get_secret_value()
+        self._signing_key: bytes | None = signing_key.encode() if signing_key else None
+        self.fsync = fsync
+        self._mode = 0o666 & ~_umask()
+        self._xattrs: bool | None = None  # None: not probed yet
+        self._ready = False
+
+    def __repr__(self) -> str:
+        return f"<LocalDriver name={self.name!r} root={self._root!r}>"
+
+    @classmethod
+    def from_named(cls, entry: NamedStorageConfig, context: DriverContext) -> LocalDriver:
+        block = entry.local or StorageLocalConfig()
+        return cls(root_dir=block.root_dir, base_url=block.base_url,
+                   signing_key=block.signing_key, fsync=block.fsync,
+                   name=entry.name, policy=context.policy)
+
+    @property
+    def bucket(self) -> str:
+        return self._root
+
+    @property
+    def root(self) -> Path:
+        return Path(self._root)
+
+    # ------------------------------------------------------------------ threads
+
+    async def _hop(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+    # ------------------------------------------------------------------ setup
+
+    async def prepare(self) -> None:
+        """Create the root and staging area, check they are writable, remove stale temp files."""
+        await self._hop(self._prepare_sync)
+
+    def _prepare_sync(self) -> None:
+        try:
+            os.makedirs(self._staging, exist_ok=True)
+            self._real = os.path.realpath(self._root)
+            self._internal_real = os.path.join(self._real, INTERNAL_DIR)
+            now = time.time()
+            with os.scandir(self._staging) as entries:
+                for entry in entries:
+                    # temp files of this process are in use; others are left by dead writers
+                    if entry.name.startswith(_process_prefix()):
+                        continue
+                    with contextlib.suppress(OSError):
+                        if not _writer_alive(entry.name) or now - entry.stat().st_mtime > 86400:
+                            os.unlink(entry.path)
+            probe = os.path.join(self._staging, f"{_process_prefix()}probe")
+            fd = os.open(probe, _OPEN_NEW | os.O_TRUNC, self._mode)
+            try:
+                os.write(fd, b"ok")
+                self._probe_xattrs(fd)
+            finally:
+                os.close(fd)
+                os.unlink(probe)
+        except OSError as exc:
+            raise StorageBootError(
+                f"cannot create or write the storage root {self._root!r}: "
+                f"{exc.strerror or exc} ({exc.filename or self._root})",
+                backend=self.name,
+                hint="Check that root_dir is a writable directory path "
+                     "(LEX_STORAGE__DRIVERS__LOCAL__ROOT_DIR).",
+                cause=exc,
+            ) from exc
+        self._ready = True
+
+    def _probe_xattrs(self, fd: int) -> None:
+        if self._xattrs is not None:
+            return
+        try:
+            os.setxattr(fd, _XATTR, b"{}")
+            self._xattrs = True
+        except (OSError, AttributeError):
+            self._xattrs = False
+            os.makedirs(self._meta_dir, exist_ok=True)
+
+    def _ensure_ready(self) -> None:
+        if not self._ready:
+            self._prepare_sync()
+
+    # ------------------------------------------------------------------ path safety
+
+    def _check_fd(self, fd: int, key: str | None) -> None:
+        """Fail unless the opened file or directory lies inside the root, outside .lexigram."""
+        if _HAS_PROC_FD:
+            try:
+                real = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                return
+        else:  # pragma: no cover - non-Linux fallback
+            return
+        self._check_real(real, key)
+
+    def _check_real(self, real: str, key: str | None) -> None:
+        root = self._real
+        if real == root:
+            return
+        if not real.startswith(root) or real[len(root)] != "/" or (
+                real.startswith(self._internal_real)
+                and (len(real) == len(self._internal_real) or real[len(self._internal_real)] == "/")):
+            raise _Escape(real)
+
+    def _escape_error(self, key: str | None) -> InvalidPathError:
+        return InvalidPathError("the key resolves outside the storage root (symlink)",
+                                backend=self.name, key=key)
+
+    def _reject_internal(self, key: str) -> None:
+        if key == INTERNAL_DIR or key.startswith(INTERNAL_DIR + "/"):
+            raise InvalidPathError(f"keys under {INTERNAL_DIR!r} are reserved by the local driver",
+                                   backend=self.name, key=key)
+
+    def _path(self, parts: list[str]) -> str:
+        return self._root + "/" + "/".join(parts)
+
+    def _open_object(self, key: str) -> tuple[int, os.stat_result] | None:
+        """Open the object's file for reading: (fd, stat), or None when there is none."""
+        self._reject_internal(key)
+        parts = _components(key)
+        path = self._path(parts)
+        for candidate in (path, path + _SELF):
+            try:
+                fd = os.open(candidate, _OPEN_READ)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            except OSError as exc:
+                if exc.errno in (errno.ENAMETOOLONG, errno.ELOOP):
+                    continue
+                raise
+            try:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    os.close(fd)
+                    continue
+                self._check_fd(fd, key)
+            except _Escape:
+                os.close(fd)
+                raise self._escape_error(key) from None
+            except BaseException:
+                os.close(fd)
+                raise
+            return fd, st
+        return None
+
+    def _open_parent(self, parts: list[str], key: str, create: bool) -> int | None:
+        """An fd of the directory that holds the object's file (checked to be inside the root);
+        creates the missing directories (never through a symlink leading outside) when asked."""
+        parent = self._root if len(parts) == 1 else self._path(parts[:-1])
+        try:
+            fd = os.open(parent, _OPEN_DIR)
+        except (FileNotFoundError, NotADirectoryError):
+            if not create:
+                return None
+            return self._make_parents(parts, key)
+        try:
+            self._check_fd(fd, key)
+        except _Escape:
+            os.close(fd)
+            raise self._escape_error(key) from None
+        return fd
+
+    def _make_parents(self, parts: list[str], key: str) -> int:
+        fd = os.open(self._root, _OPEN_DIR)
+        try:
+            for name in parts[:-1]:
+                for _ in range(20):
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir(name, dir_fd=fd)
+                    try:
+                        child = os.open(name, _OPEN_DIR | os.O_NOFOLLOW, dir_fd=fd)
+                    except NotADirectoryError:
+                        # an object has this name: it moves beside the new directory
+                        with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                            os.rename(name, name + _SELF, src_dir_fd=fd, dst_dir_fd=fd)
+                        continue
+                    except FileNotFoundError:  # removed by a concurrent delete
+                        continue
+                    except OSError as exc:
+                        if exc.errno != errno.ELOOP:
+                            raise
+                        child = os.open(name, _OPEN_DIR, dir_fd=fd)  # symlink: check target
+                        try:
+                            self._check_fd(child, key)
+                        except _Escape:
+                            os.close(child)
+                            raise self._escape_error(key) from None
+                    break
+                else:  # pragma: no cover - pathological contention
+                    raise OSError(errno.EAGAIN, "could not create the parent directory", name)
+                os.close(fd)
+                fd = child
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    # ------------------------------------------------------------------ metadata
+
+    def _store_meta(self, fd: int, meta: _Meta) -> None:
+        raw = meta.encode()
+        if self._xattrs:
+            try:
+                os.setxattr(fd, _XATTR, raw)
+                return
+            except OSError as exc:
+                if exc.errno in _XATTR_UNSUPPORTED:
+                    self._xattrs = False
+                    os.makedirs(self._meta_dir, exist_ok=True)
+                elif exc.errno not in (errno.E2BIG, errno.ENOSPC, errno.ERANGE):
+                    raise
+                else:  # too big for an attribute: a sidecar, and a marker pointing to it
+                    self._write_sidecar(fd, raw)
+                    os.setxattr(fd, _XATTR, b'{"sidecar":1}')
+                    return
+        self._write_sidecar(fd, raw)
+
+    def _sidecar(self, st: os.stat_result) -> str:
+        return f"{self._meta_dir}/{st.st_dev}-{st.st_ino}"
+
+    def _write_sidecar(self, fd: int, raw: bytes) -> None:
+        os.makedirs(self._meta_dir, exist_ok=True)
+        st = os.fstat(fd)
+        record = json.dumps({"size": st.st_size, "mtime": st.st_mtime_ns}).encode() + b"\n" + raw
+        tmp = f"{self._staging}/{_process_prefix()}{next(_counter)}.meta"
+        with open(tmp, "wb") as f:
+            f.write(record)
+        os.replace(tmp, self._sidecar(st))
+
+    def _load_meta(self, fd: int, st: os.stat_result, key: str) -> _Meta:
+        raw: bytes | None = None
+        if self._xattrs is not False:
+            try:
+                raw = os.getxattr(fd, _XATTR)
+            except OSError:
+                raw = None
+            if raw == b'{"sidecar":1}':
+                raw = self._read_sidecar(st)
+        if raw is None and self._xattrs is False:
+            raw = self._read_sidecar(st)
+        return _Meta.decode(raw, key)
+
+    def _read_sidecar(self, st: os.stat_result) -> bytes | None:
+        try:
+            with open(self._sidecar(st), "rb") as f:
+                head, _, raw = f.read().partition(b"\n")
+            check = json.loads(head)
+        except (OSError, ValueError):
+            return None
+        if check.get("size") != st.st_size or check.get("mtime") != st.st_mtime_ns:
+            return None  # a sidecar of a former file with the same inode number
+        return raw
+
+    def _drop_sidecar(self, st: os.stat_result | None) -> None:
+        if st is not None and self._xattrs is False:
+            with contextlib.suppress(OSError):
+                os.unlink(self._sidecar(st))
+
+    # ------------------------------------------------------------------ writing
+
+    def _new_temp(self) -> tuple[int, str]:
+        self._ensure_ready()
+        tmp = f"{self._staging}/{_process_prefix()}{next(_counter)}.tmp"
+        try:
+            fd = os.open(tmp, _OPEN_NEW, self._mode)
+        except FileNotFoundError:  # staging removed behind our back
+            os.makedirs(self._staging, exist_ok=True)
+            fd = os.open(tmp, _OPEN_NEW, self._mode)
+        return fd, tmp
+
+    def _write_all(self, fd: int, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+
+    def _write_parts(self, fd: int, parts: list[bytes]) -> None:
+        if len(parts) == 1:
+            self._write_all(fd, parts[0])
+            return
+        total = sum(len(p) for p in parts)
+        written = os.writev(fd, parts)
+        if written < total:
+            self._write_all(fd, b"".join(parts)[written:])
+
+    def _small_write(self, key: str, parts: list[bytes], meta: _Meta, create_only: bool
+                     ) -> ObjectInfo:
+        """The whole upload of an in-memory payload in one thread hop."""
+        state = _Temp()
+        self._begin(state, parts)
+        return self._finish(state, key, [], meta, create_only)
+
+    def _begin(self, state: _Temp, parts: list[bytes]) -> None:
+        state.fd, state.path = self._new_temp()
+        self._more(state, parts)
+
+    def _more(self, state: _Temp, parts: list[bytes]) -> None:
+        assert state.fd is not None
+        try:
+            if parts:
+                self._write_parts(state.fd, parts)
+        except BaseException:
+            state.discard()
+            raise
+
+    def _finish(self, state: _Temp, key: str, parts: list[bytes], meta: _Meta,
+                create_only: bool) -> ObjectInfo:
+        """Last bytes, metadata, fsync and the atomic commit of the temp file."""
+        fd, tmp = state.fd, state.path
+        assert fd is not None and tmp is not None
+        try:
+            if parts:
+                self._write_parts(fd, parts)
+            self._store_meta(fd, meta)
+            if self.fsync:
+                os.fsync(fd)
+            st = os.fstat(fd)
+            state.fd = None
+            os.close(fd)
+            self._commit(tmp, key, create_only, st.st_ino)
+            state.path = None
+        finally:
+            state.discard()
+        return _info(key, st, meta)
+
+    def _commit(self, tmp: str, key: str, create_only: bool, ino: int) -> None:
+        """Rename (or, create-only, hard-link) the temp file onto the object's name."""
+        parts = _components(key)
+        name = parts[-1]
+        for _attempt in range(20):
+            dfd = self._open_parent(parts, key, create=True)
+            assert dfd is not None
+            try:
+                try:
+                    if create_only:
+                        self._link_new(tmp, dfd, name, key)
+                        os.unlink(tmp)
+                    else:
+                        self._replace(tmp, dfd, name, ino)
+                except FileNotFoundError:
+                    if not os.path.exists(tmp):
+                        raise
+                    continue  # the directory was removed by a concurrent delete: again
+                if self.fsync:
+                    os.fsync(dfd)
+                return
+            finally:
+                os.close(dfd)
+        raise OSError(errno.EAGAIN, "could not commit the object", key)  # pragma: no cover
+
+    def _replace(self, tmp: str, dfd: int, name: str, ino: int) -> None:
+        old = _lstat_at(name, dfd) if self._xattrs is False else None
+        try:
+            os.rename(tmp, name, dst_dir_fd=dfd)
+        except OSError as exc:
+            if exc.errno not in (errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            # the key is also a directory of other keys: the object lives beside it
+            os.rename(tmp, name + _SELF, dst_dir_fd=dfd)
+            return
+        self._drop_sidecar(old)
+        stale = _lstat_at(name + _SELF, dfd)  # a former copy beside a removed directory
+        if stale is not None and stale.st_ino != ino:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name + _SELF, dir_fd=dfd)
+
+    def _link_new(self, tmp: str, dfd: int, name: str, key: str) -> None:
+        target = name
+        current = _lstat_at(name, dfd)
+        if current is not None and stat.S_ISDIR(current.st_mode):
+            target = name + _SELF
+        elif _lstat_at(name + _SELF, dfd) is not None:
+            raise create_only_conflict(self.name, key)
+        try:
+            os.link(tmp, target, dst_dir_fd=dfd, follow_symlinks=False)
+        except FileExistsError:
+            if target == name:
+                existing = _lstat_at(name, dfd)
+                if existing is not None and stat.S_ISDIR(existing.st_mode):
+                    self._link_new(tmp, dfd, name, key)  # became a directory meanwhile
+                    return
+            raise create_only_conflict(self.name, key) from None
+
+    async def _write(self, key: str, payload: Payload) -> ObjectInfo:
+        self._reject_internal(key)
+        request = payload.request
+        chunks = payload.__aiter__()
+        parts: list[bytes] = []
+        size = 0
+        ended = False
+        try:
+            while size < _SMALL:
+                try:
+                    chunk = await chunks.__anext__()
+                except StopAsyncIteration:
+                    ended = True
+                    break
+                parts.append(chunk)
+                size += len(chunk)
+        except BaseException:
+            await _aclose(chunks)
+            raise
+        if ended:
+            meta = _Meta(request.content_type, dict(request.metadata), request.cache_control,
+                         payload.etag, time.time())
+            return await self._hop(self._small_write, key, parts, meta, request.create_only)
+        return await self._stream_write(key, payload, chunks, parts)
+
+    async def _stream_write(self, key: str, payload: Payload, chunks: AsyncIterator[bytes],
+                            parts: list[bytes]) -> ObjectInfo:
+        """A large upload: ~1 MiB per thread hop, one write in flight while the next block
+        arrives; on any failure or cancellation the temp file is removed."""
+        request = payload.request
+        loop = asyncio.get_running_loop()
+        state = _Temp()
+        pending: asyncio.Future[Any] = loop.run_in_executor(None, self._begin, state, parts)
+        try:
+            parts = []
+            size = 0
+            async for chunk in chunks:
+                parts.append(chunk)
+                size += len(chunk)
+                if size >= _BLOCK:
+                    await asyncio.shield(pending)
+                    pending = loop.run_in_executor(None, self._more, state, parts)
+                    parts, size = [], 0
+            await asyncio.shield(pending)
+            meta = _Meta(request.content_type, dict(request.metadata), request.cache_control,
+                         payload.etag, time.time())
+            pending = loop.run_in_executor(None, self._finish, state, key, parts, meta,
+                                           request.create_only)
+            info: ObjectInfo = await asyncio.shield(pending)
+            return info
+        except BaseException:
+            await _settle(pending)  # never close a file a thread is still writing
+            state.discard()
+            await _aclose(chunks)
+            raise
+
+    # ------------------------------------------------------------------ reading
+
+    async def _read(self, key: str, offset: int, length: int | None, chunk_size: int
+                    ) -> AsyncIterator[bytes]:
+        block = max(_BLOCK, chunk_size)
+        first_len = block if length is None else min(block, length)
+        fd, st, data = await self._hop(self._open_and_read, key, offset, first_len)
+        loop = asyncio.get_running_loop()
+        end = st.st_size if length is None else min(st.st_size, offset + length)
+        pos = offset + len(data)
+        pending: asyncio.Future[bytes] | None = None
+        try:
+            while data:
+                if pos < end:  # read the next block while this one is consumed
+                    pending = loop.run_in_executor(None, os.pread, fd, min(block, end - pos), pos)
+                if len(data) <= chunk_size:
+                    yield data
+                else:
+                    view = memoryview(data)
+                    for i in range(0, len(data), chunk_size):
+                        yield bytes(view[i:i + chunk_size])
+                if pending is None:
+                    break
+                data = await pending
+                pending = None
+                pos += len(data)
+        finally:
+            if pending is not None and not pending.done():
+                pending.add_done_callback(lambda _: os.close(fd))
+            else:
+                os.close(fd)
+
+    def _open_and_read(self, key: str, offset: int, length: int
+                       ) -> tuple[int, os.stat_result, bytes]:
+        opened = self._open_object(key)
+        if opened is None:
+            raise StorageFileNotFoundError(backend=self.name, key=key)
+        fd, st = opened
+        try:
+            data = os.pread(fd, min(length, max(st.st_size - offset, 0)), offset) if length else b""
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, st, data
+
+    async def _read_all(self, key: str) -> bytes:
+        return await self._hop(self._read_all_sync, key)
+
+    def _read_all_sync(self, key: str) -> bytes:
+        opened = self._open_object(key)
+        if opened is None:
+            raise StorageFileNotFoundError(backend=self.name, key=key)
+        fd, st = opened
+        try:
+            parts: list[bytes] = []
+            total, want = 0, st.st_size + 1
+            while True:  # files are replaced, never rewritten: stat's size is the size
+                data = os.read(fd, min(want, 1 << 30))
+                if not data:
+                    break
+                parts.append(data)
+                total += len(data)
+                if total == st.st_size:
+                    break
+                want = _BLOCK
+            return parts[0] if len(parts) == 1 else b"".join(parts)
+        finally:
+            os.close(fd)
+
+    async def _head(self, key: str) -> ObjectInfo | None:
+        return await self._hop(self._head_sync, key)
+
+    def _head_sync(self, key: str) -> ObjectInfo | None:
+        opened = self._open_object(key)
+        if opened is None:
+            return None
+        fd, st = opened
+        try:
+            return _info(key, st, self._load_meta(fd, st, key))
+        finally:
+            os.close(fd)
+
+    # ------------------------------------------------------------------ deleting
+
+    async def _delete(self, key: str) -> bool:
+        return await self._hop(self._delete_sync, key)
+
+    def _delete_sync(self, key: str) -> bool:
+        self._reject_internal(key)
+        parts = _components(key)
+        dfd = self._open_parent(parts, key, create=False)
+        if dfd is None:
+            return False
+        found = False
+        try:
+            name = parts[-1]
+            for candidate in (name, name + _SELF):
+                st = _lstat_at(candidate, dfd)
+                if st is None or stat.S_ISDIR(st.st_mode):
+                    continue
+                try:
+                    os.unlink(candidate, dir_fd=dfd)
+                except FileNotFoundError:
+                    continue
+                self._drop_sidecar(st)
+                found = True
+            if found and self.fsync:
+                os.fsync(dfd)
+        finally:
+            os.close(dfd)
+        if found:
+            self._prune(parts)
+        return found
+
+    def _prune(self, parts: list[str]) -> None:
+        """Remove the directories a delete left empty, up to (not including) the root."""
+        for depth in range(len(parts) - 1, 0, -1):
+            try:
+                os.rmdir(self._path(parts[:depth]))
+            except OSError:
+                return
+
+    # ------------------------------------------------------------------ copy and move
+
+    async def _copy(self, src: str, dst: str) -> ObjectInfo:
+        return await self._hop(self._copy_sync, src, dst)
+
+    def _copy_sync(self, src: str, dst: str) -> ObjectInfo:
+        self._reject_internal(dst)
+        opened = self._open_object(src)
+        if opened is None:
+            raise StorageFileNotFoundError(backend=self.name, key=src)
+        sfd, st = opened
+        try:
+            meta = self._load_meta(sfd, st, src)
+            if meta.etag is None:
+                meta.etag = _md5_fd(sfd)
+            meta.created = time.time()
+            state = _Temp()
+            state.fd, state.path = self._new_temp()
+            try:
+                _copy_fd(sfd, state.fd, st.st_size)
+            except BaseException:
+                state.discard()
+                raise
+            return self._finish(state, dst, [], meta, False)
+        finally:
+            os.close(sfd)
+
+    async def _move(self, src: str, dst: str) -> ObjectInfo:
+        return await self._hop(self._move_sync, src, dst)
+
+    def _move_sync(self, src: str, dst: str) -> ObjectInfo:
+        self._reject_internal(dst)
+        opened = self._open_object(src)
+        if opened is None:
+            raise StorageFileNotFoundError(backend=self.name, key=src)
+        sfd, st = opened
+        try:
+            meta = self._load_meta(sfd, st, src)
+        finally:
+            os.close(sfd)
+        src_parts = _components(src)
+        sdir = self._open_parent(src_parts, src, create=False)
+        if sdir is None:
+            raise StorageFileNotFoundError(backend=self.name, key=src)
+        try:
+            name = src_parts[-1]
+            current = _lstat_at(name, sdir)
+            if current is None or not stat.S_ISREG(current.st_mode):
+                name += _SELF
+            # hard link the source into staging, then rename that onto the destination:
+            # the same atomic commit as a write, and the inode (with its metadata) travels
+            tmp = f"{self._staging}/{_process_prefix()}{next(_counter)}.mv"
+            self._ensure_ready()
+            try:
+                os.link(name, tmp, src_dir_fd=sdir, follow_symlinks=False)
+            except FileNotFoundError:
+                raise StorageFileNotFoundError(backend=self.name, key=src) from None
+            except OSError as exc:  # no hard links here: copy instead
+                if exc.errno not in (errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOTSUP):
+                    raise
+                info = self._copy_sync(src, dst)
+                self._delete_sync(src)
+                return info
+            try:
+                self._commit(tmp, dst, False, st.st_ino)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+            for candidate in (name, src_parts[-1] + _SELF):  # it may have moved beside a dir
+                now = _lstat_at(candidate, sdir)
+                if now is not None and now.st_ino == st.st_ino:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(candidate, dir_fd=sdir)
+                    break
+        finally:
+            os.close(sdir)
+        self._prune(src_parts)
+        return _info(dst, st, meta)
+
+    # ------------------------------------------------------------------ listing
+
+    async def _list(self, prefix: str, start_after: str | None) -> AsyncIterator[ObjectInfo]:
+        walk = self._walk(prefix, start_after)
+        try:
+            while True:
+                batch = await self._hop(_take, walk, _LIST_BATCH)
+                for info in batch:
+                    yield info
+                if len(batch) < _LIST_BATCH:
+                    return
+        finally:
+            walk.close()
+
+    def _walk(self, prefix: str, start_after: str | None) -> Generator[ObjectInfo, None, None]:
+        """Every object under *prefix* after *start_after*, in key order (a lazy k-way merge
+        of directory walks: a directory is read only when its keys are next)."""
+        if not os.path.isdir(self._root):
+            return
+        after = start_after if start_after is not None and start_after >= prefix else None
+        for key, entry in self._dir_keys(self._root, "", prefix, after, top=True):
+            info = self._entry_info(key, entry)
+            if info is not None:
+                yield info
+
+    def _dir_keys(self, path: str, base: str, prefix: str, after: str | None, top: bool = False
+                  ) -> Iterator[tuple[str, Any]]:
+        """(key, DirEntry) of the files below *path* in key order; *base* is the key prefix.
+
+        Entries are sorted by the smallest key they can hold; a subdirectory is read only when
+        that bound is reached, and overlapping ranges (continuation pieces) are merged."""
+
+        try:
+            with os.scandir(path) as it:
+                entries = list(it)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        items: list[tuple[str, int, os.DirEntry[str]]] = []  # (lower bound, kind, entry)
+        for entry in entries:
+            name = entry.name
+            if top and name == INTERNAL_DIR:
+                continue
+            try:
+                is_dir = entry.is_dir(follow_symlinks=False)
+            except OSError:
+                continue
+            if is_dir:
+                if name.endswith(_CONT):
+                    kp, kind = base + name[:-1], 2
+                else:
+                    kp, kind = base + name + "/", 1
+                # prune subtrees outside the prefix or wholly before start_after
+                if not (kp.startswith(prefix) or prefix.startswith(kp)):
+                    continue
+                if after is not None and kp < after and not after.startswith(kp):
+                    continue
+            else:
+                kp = base + (name[:-1] if name.endswith(_SELF) else name)
+                kind = 0
+                if not kp.startswith(prefix) or (after is not None and kp <= after):
+                    continue
+            items.append((kp, kind, entry))
+        items.sort(key=lambda item: item[0])
+        heap: list[tuple[str, int, os.DirEntry[str] | None, Iterator[tuple[str, Any]] | None]] = []
+        seq = itertools.count()
+        i = 0
+        while i < len(items) or heap:
+            while i < len(items) and (not heap or items[i][0] <= heap[0][0]):
+                kp, kind, entry = items[i]
+                i += 1
+                if kind == 0:
+                    heapq.heappush(heap, (kp, next(seq), entry, None))
+                else:
+                    sub = self._dir_keys(entry.path, kp, prefix, after)
+                    for key, sub_entry in sub:
+                        heapq.heappush(heap, (key, next(seq), sub_entry, sub))
+                        break
+            if not heap:
+                continue
+            key, _, entry_, sub_it = heapq.heappop(heap)
+            yield key, entry_
+            if sub_it is not None:
+                for nkey, nentry in sub_it:
+                    heapq.heappush(heap, (nkey, next(seq), nentry, sub_it))
+                    break
+
+    def _entry_info(self, key: str, entry: os.DirEntry[str]) -> ObjectInfo | None:
+        try:
+            if entry.is_symlink():
+                try:
+                    self._check_real(os.path.realpath(entry.path), key)
+                except _Escape:
+                    return None
+            fd = os.open(entry.path, _OPEN_READ)
+        except OSError:
+            return None  # deleted since the directory was read
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                return None
+            return _info(key, st, self._load_meta(fd, st, key))
+        finally:
+            os.close(fd)
+
+    # ------------------------------------------------------------------ URLs
+
+    def _url(self, key: str) -> str:
+        return f"{self.base_url}/{quote(key, safe='/')}"
+
+    def _signature(self, method: str, key: str, expires: int) -> str:
+        assert self._signing_key is not None
+        message = f"{method}\n{key}\n{expires}".encode()
+        return hmac.new(self._signing_key, message, hashlib.sha256).hexdigest()
+
+    async def _presign(self, key: str, expires_in: timedelta, method: str,
+                       options: dict[str, Any]) -> str:
+        if self._signing_key is None:
+            raise unsupported(self.name, "get_presigned_url without a signing_key", hint=_SIGN_HINT)
+        if options:
+            raise TypeError(f"{self.name}: unknown presign option(s) {sorted(options)}")
+        expires = int(time.time() + expires_in.total_seconds())
+        signature = self._signature(method, key, expires)
+        return f"{self._url(key)}?method={method}&expires={expires}&signature={signature}"
+
+    def verify_presigned_url(self, url: str, method: str = "GET") -> str:
+        """Check a URL made by ``get_presigned_url`` for *method*; return its key.
+
+        Raises ``StoragePermissionError`` when the URL is not signed by this driver's key, was
+        altered, has expired or was signed for another method; ``InvalidPathError`` for a key
+        that breaks the key rule."""
+        if self._signing_key is None:
+            raise unsupported(self.name, "verify_presigned_url without a signing_key",
+                              hint=_SIGN_HINT)
+        parts = urlsplit(url)
+        base_path = urlsplit(self.base_url).path.rstrip("/") + "/"
+        if not parts.path.startswith(base_path):
+            raise StoragePermissionError("the URL is not under this backend's base_url",
+                                         backend=self.name)
+        key = unquote(parts.path[len(base_path):], errors="strict")
+        query = parse_qs(parts.query, keep_blank_values=True)
+
+        def one(name: str) -> str:
+            values = query.get(name)
+            if not values or len(values) != 1:
+                raise StoragePermissionError(f"presigned URL without a single {name!r}",
+                                             backend=self.name, key=key)
+            return values[0]
+
+        signed_method, expires_text, signature = one("method"), one("expires"), one("signature")
+        if not expires_text.isdigit():
+            raise StoragePermissionError("presigned URL with a malformed expiry",
+                                         backend=self.name, key=key)
+        expected = self._signature(signed_method, key, int(expires_text))
+        if not hmac.compare_digest(expected.encode(), signature.encode()):
+            raise StoragePermissionError("presigned URL signature does not match",
+                                         backend=self.name, key=key)
+        if signed_method != method.upper():
+            raise StoragePermissionError(
+                f"presigned URL was signed for {signed_method}, not {method.upper()}",
+                backend=self.name, key=key)
+        if int(expires_text) < time.time():
+            raise StoragePermissionError("presigned URL has expired", backend=self.name, key=key)
+        validate_key(key, self.name)
+        self._reject_internal(key)
+        return key
+
+    # ------------------------------------------------------------------ health and errors
+
+    async def _ping(self) -> dict[str, Any]:
+        return await self._hop(self._ping_sync)
+
+    def _ping_sync(self) -> dict[str, Any]:
+        start = time.perf_counter()
+        fd, tmp = self._new_temp()
+        try:
+            os.write(fd, b"lexigram-health")
+            os.close(fd)
+            fd = os.open(tmp, _OPEN_READ)
+            if os.read(fd, 64) != b"lexigram-health":
+                raise OSError(errno.EIO, "health probe read back different bytes", tmp)
+        finally:
+            _discard(fd, tmp)
+        return {"root": self._root, "xattrs": bool(self._xattrs),
+                "probe_ms": round((time.perf_counter() - start) * 1000, 3)}
+
+    def _map_error(self, exc: BaseException, key: str | None) -> StorageError | None:
+        if isinstance(exc, _Escape):
+            return self._escape_error(key)
+        if isinstance(exc, OSError):
+            if exc.errno == errno.ENAMETOOLONG:
+                return InvalidPathError("the key is too long for this filesystem",
+                                        backend=self.name, key=key, cause=exc)
+            if exc.errno == errno.ELOOP:
+                return InvalidPathError("the key runs into a symlink loop", backend=self.name,
+                                        key=key, cause=exc)
+            if isinstance(exc, IsADirectoryError | NotADirectoryError):
+                return StorageFileNotFoundError(backend=self.name, key=key, cause=exc)
+        return None
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+_PREFIX: tuple[int, str] = (0, "")
+
+
+def _process_prefix() -> str:
+    """``<pid>-<random>-``: names this process's temp files (recomputed after a fork)."""
+    global _PREFIX
+    pid = os.getpid()
+    if _PREFIX[0] != pid:
+        _PREFIX = (pid, f"{pid}-{secrets.token_hex(4)}-")
+    return _PREFIX[1]
+
+
+def _writer_alive(name: str) -> bool:
+    """Whether another live process may still be writing the staging file *name*."""
+    pid_text = name.split("-", 1)[0]
+    if not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():  # ours, from a former process with the same pid
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _lstat_at(name: str, dfd: int) -> os.stat_result | None:
+    try:
+        return os.stat(name, dir_fd=dfd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+class _Temp:
+    """A temp file being written: its fd and path until closed / committed."""
+
+    __slots__ = ("fd", "path")
+
+    def __init__(self) -> None:
+        self.fd: int | None = None
+        self.path: str | None = None
+
+    def discard(self) -> None:
+        fd, path = self.fd, self.path
+        self.fd = self.path = None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        if path is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+
+async def _settle(fut: asyncio.Future[Any]) -> None:
+    """Wait until *fut* is done, through cancellations (cleanup must not race a thread)."""
+    while not fut.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait({fut})
+    if not fut.cancelled():
+        fut.exception()  # retrieved: no "never retrieved" warning
+
+
+def _discard(fd: int, tmp: str) -> None:
+    with contextlib.suppress(OSError):
+        os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(tmp)
+
+
+def _take(it: Iterator[T], n: int) -> list[T]:
+    return list(itertools.islice(it, n))
+
+
+def _copy_fd(src: int, dst: int, size: int) -> None:
+    offset = 0
+    copy_range = getattr(os, "copy_file_range", None)
+    if copy_range is not None:
+        try:
+            while offset < size:
+                n = copy_range(src, dst, size - offset, offset, offset)
+                if n == 0:
+                    break
+                offset += n
+            if offset >= size:
+                return
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+    while True:
+        data = os.pread(src, _BLOCK, offset)
+        if not data:
+            return
+        os.lseek(dst, offset, os.SEEK_SET)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(dst, view):]
+        offset += len(data)
+
+
+def _md5_fd(fd: int) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    offset = 0
+    while True:
+        data = os.pread(fd, _BLOCK, offset)
+        if not data:
+            return digest.hexdigest()
+        digest.update(data)
+        offset += len(data)
+
+
+async def _aclose(iterator: AsyncIterator[Any]) -> None:
+    close = getattr(iterator, "aclose", None)
+    if close is not None:
+        with contextlib.suppress(Exception):
+            await close()

@@ -1,0 +1,30 @@
+"""The conformance suite over the local filesystem driver (with and without extended attributes)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from lexigram_storage.drivers.local import LocalDriver
+from lexigram_storage.testing import DriverConformance
+
+
+class TestLocalConformance(DriverConformance):
+    @pytest.fixture
+    async def store(self, tmp_path: Path) -> AsyncIterator[LocalDriver]:
+        async with LocalDriver(tmp_path / "root", signing_key="conformance-key",
+                               name="local-conformance") as driver:
+            yield driver
+
+
+class TestLocalSidecarConformance(DriverConformance):
+    """Filesystems without user xattrs keep metadata in sidecar files."""
+
+    @pytest.fixture
+    async def store(self, tmp_path: Path) -> AsyncIterator[LocalDriver]:
+        driver = LocalDriver(tmp_path / "root", name="local-sidecar")
+        driver._xattrs = False
+        async with driver:
+            yield driver
