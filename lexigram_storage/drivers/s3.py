@@ -1,0 +1,815 @@
+"""Amazon S3 and Cloudflare R2 drivers (aioboto3).
+
+One aioboto3 client per driver, opened at ``prepare()`` or on first use and closed by
+``close()``. Uploads stream: below ``multipart_threshold`` one ``PutObject``; above it a
+multipart upload that coalesces incoming chunks into parts of at least 5 MiB, grows the part
+size to stay under 10,000 parts and keeps at most ``max_concurrency`` parts in flight. Any
+failure or cancellation aborts the multipart upload.
+
+``FileInfo.etag`` is the hex MD5 of the content on every driver. S3's own ETag is not an MD5
+for multipart uploads or SSE-KMS objects, so the MD5 computed while the bytes pass is stored in
+the object metadata entry ``x-amz-meta-lexigram-md5`` (hidden from the user metadata). For a
+multipart upload the MD5 is only known after the last part, so the finished object is copied
+onto itself server-side (guarded by ``CopySourceIfMatch``) to record it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import math
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, ClassVar
+from urllib.parse import quote, urlsplit
+
+from lexigram.contracts.infra.storage import StorageError
+from pydantic import SecretStr
+
+from lexigram_storage.config import EncryptionConfig, NamedStorageConfig, StorageS3Config
+from lexigram_storage.drivers.base import BaseDriver, create_only_conflict
+from lexigram_storage.errors import (
+    PreconditionFailedError,
+    StorageBucketNotFoundError,
+    StorageConfigurationError,
+    StorageFileNotFoundError,
+    StoragePermissionError,
+    StorageUnavailableError,
+)
+from lexigram_storage.events import StorageEvents
+from lexigram_storage.models import DirListing, ObjectInfo
+from lexigram_storage.payload import Payload, UploadPolicy
+from lexigram_storage.registry import DriverContext
+
+try:
+    import aioboto3
+    import aiohttp
+    import botocore.exceptions as boto_exc
+    from botocore.config import Config as BotoConfig
+    from botocore.handlers import add_expect_header
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        'The s3/r2 drivers need aioboto3: pip install "lexigram_storage[s3]"', name=exc.name,
+    ) from exc
+
+__all__ = ["MD5_METADATA_KEY", "R2Driver", "S3Driver"]
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+MIN_PART_SIZE = 5 * MiB
+MAX_PART_SIZE = 5 * GiB
+MAX_PARTS = 10_000
+#: the user-metadata entry holding the hex MD5 of the content (x-amz-meta-lexigram-md5)
+MD5_METADATA_KEY = "lexigram-md5"
+_NOT_FOUND = frozenset({"NoSuchKey", "404", "NotFound"})
+_NO_BUCKET = frozenset({"NoSuchBucket"})
+_DENIED = frozenset({"AccessDenied", "403", "Forbidden", "InvalidAccessKeyId",
+                     "SignatureDoesNotMatch", "AllAccessDisabled", "AccountProblem",
+                     "InvalidToken", "ExpiredToken"})
+_UNAVAILABLE = frozenset({"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout",
+                          "Throttling", "ThrottlingException", "RequestTimeTooSkewed",
+                          "500", "502", "503", "504"})
+_PRESIGN_GET_OPTIONS = {
+    "response_content_disposition": "ResponseContentDisposition",
+    "response_content_type": "ResponseContentType",
+    "response_cache_control": "ResponseCacheControl",
+}
+_PRESIGN_PUT_OPTIONS = {"content_type": "ContentType"}
+
+
+def _code(exc: BaseException) -> str:
+    if isinstance(exc, boto_exc.ClientError):
+        return str(exc.response.get("Error", {}).get("Code", ""))
+    return ""
+
+
+def _status(exc: BaseException) -> int:
+    if isinstance(exc, boto_exc.ClientError):
+        meta = exc.response.get("ResponseMetadata", {})
+        return int(meta.get("HTTPStatusCode") or 0)
+    return 0
+
+
+def _secret(value: str | SecretStr | None) -> str | None:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    return value
+
+
+class S3Driver(BaseDriver):
+    """Objects in an Amazon S3 (or S3-compatible) bucket.
+
+    Args:
+        bucket: the bucket name.
+        region: AWS region; ``None`` lets the SDK resolve it.
+        access_key / secret_key / session_token: static credentials; omit them to use the
+            standard AWS credential chain (env, profile, IMDS, ...).
+        endpoint_url: a custom endpoint (MinIO, moto, R2 ...).
+        multipart_threshold: uploads of at least this many bytes use multipart.
+        multipart_chunk_size: the part size (at least 5 MiB; grows to stay under 10,000 parts).
+        encryption: server-side encryption for every PutObject/CreateMultipartUpload/CopyObject.
+        public_url: custom domain / CDN used by ``get_url``.
+        addressing_style: ``auto``, ``path`` or ``virtual``.
+        connect_timeout / read_timeout: seconds per attempt.
+        max_attempts: attempts per request including the first; retry_mode: botocore mode.
+        max_concurrency: parts (and listing HEADs) in flight at once.
+        enable_encryption: encrypt even when ``encryption`` is unset or disabled (AES256 unless
+            ``encryption`` names KMS).
+        checksum_mode: botocore's request/response checksum setting (``when_supported`` or
+            ``when_required``; S3-compatible stores often need the latter).
+    """
+
+    driver: ClassVar[str] = "s3"
+    default_region: ClassVar[str | None] = None
+    default_checksum_mode: ClassVar[str] = "when_supported"
+    #: CopyObject handles sources up to this size; bigger ones use a multipart copy
+    max_single_copy: ClassVar[int] = MAX_PART_SIZE
+    #: part size of a multipart copy
+    copy_part_size: ClassVar[int] = 512 * MiB
+
+    def __init__(
+        self,
+        bucket: str,
+        region: str | None = None,
+        access_key: str | None = None,
+        secret_key: str | SecretStr | None = None,
+        endpoint_url: str | None = None,
+        multipart_threshold: int = 8 * MiB,
+        multipart_chunk_size: int = 8 * MiB,
+        encryption: EncryptionConfig | None = None,
+        public_url: str | None = None,
+        addressing_style: str = "auto",
+        connect_timeout: float = 10.0,
+        read_timeout: float = 60.0,
+        max_attempts: int = 3,
+        retry_mode: str = "standard",
+        max_concurrency: int = 4,
+        *,
+        session_token: str | SecretStr | None = None,
+        enable_encryption: bool = False,
+        checksum_mode: str | None = None,
+        name: str | None = None,
+        policy: UploadPolicy | None = None,
+        events: StorageEvents | None = None,
+    ) -> None:
+        super().__init__(name=name, policy=policy, events=events)
+        if not bucket:
+            raise StorageConfigurationError("bucket is required", backend=self.name)
+        if (access_key is None) != (secret_key is None):
+            raise StorageConfigurationError("access_key and secret_key must be given together",
+                                            backend=self.name)
+        if addressing_style not in ("auto", "path", "virtual"):
+            raise StorageConfigurationError(
+                f"addressing_style must be auto, path or virtual, not {addressing_style!r}",
+                backend=self.name)
+        if max_attempts < 1 or max_concurrency < 1:
+            raise StorageConfigurationError("max_attempts and max_concurrency must be >= 1",
+                                            backend=self.name)
+        if multipart_chunk_size < MIN_PART_SIZE or multipart_chunk_size > MAX_PART_SIZE:
+            raise StorageConfigurationError("multipart_chunk_size must be between 5 MiB and 5 GiB",
+                                            backend=self.name)
+        if multipart_threshold < 1:
+            raise StorageConfigurationError("multipart_threshold must be positive",
+                                            backend=self.name)
+        self._bucket = bucket
+        self.region = region if region is not None else self.default_region
+        self.endpoint_url = endpoint_url.rstrip("/") if endpoint_url else None
+        self.multipart_threshold = multipart_threshold
+        self.multipart_chunk_size = multipart_chunk_size
+        self.public_url = public_url.rstrip("/") if public_url else None
+        self.addressing_style = addressing_style
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.max_attempts = max_attempts
+        self.retry_mode = retry_mode
+        self.max_concurrency = max_concurrency
+        self.checksum_mode = checksum_mode or self.default_checksum_mode
+        self._access_key = access_key
+        self._secret_key = SecretStr(_secret(secret_key) or "") if secret_key is not None else None
+        self._session_token = (SecretStr(_secret(session_token) or "")
+                               if session_token is not None else None)
+        self._sse = self._encryption_params(encryption, enable_encryption)
+        self._client: Any = None
+        self._client_cm: Any = None
+        self._client_lock: asyncio.Lock | None = None
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_named(cls, entry: NamedStorageConfig, context: DriverContext) -> S3Driver:
+        if entry.driver == "r2":
+            if entry.r2 is None:
+                raise StorageConfigurationError("driver r2 needs an r2 block", backend=entry.name)
+            return R2Driver.from_config(entry.r2, context, name=entry.name)
+        if entry.s3 is None:
+            raise StorageConfigurationError("driver s3 needs an s3 block", backend=entry.name)
+        target = R2Driver if cls is R2Driver else S3Driver
+        return target.from_config(entry.s3, context, name=entry.name)
+
+    @classmethod
+    def from_config(cls, block: StorageS3Config, context: DriverContext | None = None, *,
+                    name: str | None = None) -> S3Driver:
+        """Build the driver from an ``s3:`` / ``r2:`` settings block."""
+        context = context or DriverContext()
+        return cls(
+            bucket=block.bucket,
+            region=block.region,
+            access_key=block.access_key,
+            secret_key=block.secret_key,
+            endpoint_url=block.endpoint_url,
+            multipart_threshold=block.multipart_threshold,
+            multipart_chunk_size=block.multipart_chunk_size,
+            encryption=block.encryption,
+            public_url=block.public_url,
+            addressing_style=block.addressing_style,
+            connect_timeout=block.connect_timeout,
+            read_timeout=block.read_timeout,
+            max_attempts=block.max_attempts,
+            retry_mode=block.retry_mode,
+            max_concurrency=block.max_concurrency,
+            session_token=block.session_token,
+            enable_encryption=context.enable_encryption,
+            name=name,
+            policy=context.policy,
+        )
+
+    @staticmethod
+    def _encryption_params(encryption: EncryptionConfig | None, force: bool) -> dict[str, str]:
+        if encryption is None or not (encryption.enabled or force):
+            return {"ServerSideEncryption": "AES256"} if force else {}
+        params: dict[str, str] = {"ServerSideEncryption": encryption.type}
+        if encryption.type == "aws:kms" and encryption.kms_key_id:
+            params["SSEKMSKeyId"] = encryption.kms_key_id
+        return params
+
+    @property
+    def bucket(self) -> str:
+        return self._bucket
+
+    @property
+    def encryption_params(self) -> dict[str, str]:
+        """The server-side encryption parameters sent with every write (a copy)."""
+        return dict(self._sse)
+
+    def __repr__(self) -> str:
+        return (f"<{type(self).__name__} name={self.name!r} bucket={self._bucket!r} "
+                f"endpoint={self.endpoint_url!r}>")
+
+    # ------------------------------------------------------------------ client lifecycle
+
+    def _boto_config(self) -> Any:
+        return BotoConfig(
+            region_name=self.region,
+            signature_version="s3v4",
+            s3={"addressing_style": self.addressing_style},
+            connect_timeout=self.connect_timeout,
+            read_timeout=self.read_timeout,
+            retries={"total_max_attempts": self.max_attempts, "mode": self.retry_mode},
+            max_pool_connections=max(16, self.max_concurrency * 4),
+            request_checksum_calculation=self.checksum_mode,
+            response_checksum_validation=self.checksum_mode,
+        )
+
+    async def _get_client(self) -> Any:
+        client = self._client
+        if client is not None:
+            return client
+        if self._closed:
+            raise StorageUnavailableError("the driver is closed", backend=self.name)
+        if self._client_lock is None:
+            self._client_lock = asyncio.Lock()
+        async with self._client_lock:
+            if self._client is None:
+                session = aioboto3.Session(
+                    aws_access_key_id=self._access_key,
+                    aws_secret_access_key=_secret(self._secret_key),
+                    aws_session_token=_secret(self._session_token),
+                )
+                cm = session.client("s3", endpoint_url=self.endpoint_url,
+                                    region_name=self.region, config=self._boto_config())
+                client = await cm.__aenter__()
+                # botocore sends "Expect: 100-continue" on PutObject/UploadPart and aiohttp then
+                # waits for the 100 without any timeout: a hung server would hang uploads forever.
+                client.meta.events.unregister("before-call.s3", add_expect_header)
+                self._client_cm = cm
+                self._client = client
+            return self._client
+
+    async def prepare(self) -> None:
+        await self._get_client()
+
+    async def _close(self) -> None:
+        cm, self._client_cm, self._client = self._client_cm, None, None
+        if cm is not None:
+            await cm.__aexit__(None, None, None)
+
+    # ------------------------------------------------------------------ errors
+
+    def _map_error(self, exc: BaseException, key: str | None) -> StorageError | None:
+        code = _code(exc)
+        status = _status(exc)
+        if isinstance(exc, boto_exc.ClientError):
+            message = str(exc.response.get("Error", {}).get("Message") or code)
+            if code in _NO_BUCKET:
+                return StorageBucketNotFoundError(f"bucket {self._bucket!r} does not exist",
+                                                  backend=self.name, key=key, cause=exc)
+            if code in _NOT_FOUND or status == 404:
+                return StorageFileNotFoundError(backend=self.name, key=key, cause=exc)
+            if code in _DENIED or status == 403:
+                return StoragePermissionError(f"{code}: {message}", backend=self.name, key=key,
+                                              cause=exc)
+            if code in ("PreconditionFailed", "412") or status == 412:
+                return PreconditionFailedError(f"{code}: {message}", backend=self.name, key=key,
+                                               cause=exc)
+            if code in _UNAVAILABLE or status >= 500:
+                return StorageUnavailableError(f"{code}: {message}", backend=self.name, key=key,
+                                               cause=exc)
+            return None
+        if isinstance(exc, boto_exc.NoCredentialsError | boto_exc.PartialCredentialsError):
+            return StoragePermissionError(
+                f"no usable AWS credentials: {exc}", backend=self.name, key=key, cause=exc,
+                hint="Set access_key/secret_key or configure the AWS credential chain.")
+        if isinstance(exc, boto_exc.ConnectionError | boto_exc.HTTPClientError
+                      | aiohttp.ClientError | TimeoutError | ConnectionError):
+            return StorageUnavailableError(f"{type(exc).__name__}: {exc}", backend=self.name,
+                                           key=key, cause=exc)
+        return None
+
+    def _error(self, exc: BaseException, key: str | None) -> StorageError:
+        mapped = self._translate(exc, key)
+        if mapped is not exc:
+            mapped.__cause__ = exc
+        return mapped
+
+    # ------------------------------------------------------------------ object info
+
+    def _info_from_head(self, key: str, head: dict[str, Any]) -> ObjectInfo:
+        raw_meta = dict(head.get("Metadata") or {})
+        md5 = raw_meta.pop(MD5_METADATA_KEY, None)
+        etag = md5 or str(head.get("ETag") or "").strip('"') or None
+        modified = head.get("LastModified")
+        modified = modified.astimezone(UTC) if isinstance(modified, datetime) else datetime.now(UTC)
+        return ObjectInfo(
+            path=key,
+            size=int(head.get("ContentLength") or 0),
+            content_type=str(head.get("ContentType") or "application/octet-stream"),
+            last_modified=modified,
+            etag=etag,
+            metadata={k.lower(): str(v) for k, v in raw_meta.items()},
+            cache_control=head.get("CacheControl"),
+        )
+
+    def _write_params(self, payload: Payload, md5: str | None) -> dict[str, Any]:
+        request = payload.request
+        metadata = dict(request.metadata)
+        metadata.pop(MD5_METADATA_KEY, None)
+        if md5 is not None:
+            metadata[MD5_METADATA_KEY] = md5
+        params: dict[str, Any] = {"ContentType": request.content_type, "Metadata": metadata}
+        if request.cache_control:
+            params["CacheControl"] = request.cache_control
+        params.update(self._sse)
+        return params
+
+    # ------------------------------------------------------------------ writing
+
+    async def _write(self, key: str, payload: Payload) -> ObjectInfo:
+        client = await self._get_client()
+        threshold = self.multipart_threshold
+        hint = payload.size_hint
+        chunks = payload.__aiter__()
+        buffered: list[bytes] = []
+        total = 0
+        try:
+            if hint is None or hint >= threshold:
+                # Buffer up to the threshold: a small stream of unknown size is one PutObject.
+                async for chunk in chunks:
+                    buffered.append(chunk)
+                    total += len(chunk)
+                    if total >= threshold:
+                        return await self._multipart(client, key, payload, chunks, buffered, total)
+            else:
+                buffered = [chunk async for chunk in chunks]
+        finally:
+            with contextlib.suppress(Exception):
+                await chunks.aclose()  # type: ignore[attr-defined]
+        # The payload is consumed and verified: commit it in one request.
+        body = buffered[0] if len(buffered) == 1 else b"".join(buffered)
+        return await self._put_single(client, key, payload, body)
+
+    async def _put_single(self, client: Any, key: str, payload: Payload, body: bytes
+                          ) -> ObjectInfo:
+        md5 = payload.etag
+        params = self._write_params(payload, md5)
+        params["ContentMD5"] = base64.b64encode(binascii.unhexlify(md5)).decode()
+        if payload.request.create_only:
+            params["IfNoneMatch"] = "*"
+        try:
+            response = await client.put_object(Bucket=self._bucket, Key=key, Body=body, **params)
+        except boto_exc.ClientError as exc:
+            if payload.request.create_only and (_code(exc) in ("PreconditionFailed", "412")
+                                                or _status(exc) == 412):
+                raise create_only_conflict(self.name, key) from exc
+            raise self._error(exc, key) from exc
+        return self._written_info(key, payload, response)
+
+    def _written_info(self, key: str, payload: Payload, response: dict[str, Any]) -> ObjectInfo:
+        request = payload.request
+        modified = response.get("LastModified")
+        return ObjectInfo(
+            path=key,
+            size=payload.size,
+            content_type=request.content_type,
+            last_modified=modified.astimezone(UTC) if isinstance(modified, datetime)
+            else datetime.now(UTC),
+            etag=payload.etag,
+            metadata=dict(request.metadata),
+            cache_control=request.cache_control,
+        )
+
+    def _part_size(self, size_hint: int | None, part_number: int) -> int:
+        """The size of part *part_number* (1-based): at least the configured size, big enough
+        for a known size to fit in 10,000 parts; for an unknown size it doubles every 1,000
+        parts (5 MiB parts reach about 5 TiB within 10,000 parts)."""
+        size = self.multipart_chunk_size
+        if size_hint is not None:
+            size = max(size, math.ceil(size_hint / (MAX_PARTS - 1)))
+        else:
+            size <<= min((part_number - 1) // 1000, 9)
+        return min(size, MAX_PART_SIZE)
+
+    async def _multipart(self, client: Any, key: str, payload: Payload,
+                         chunks: AsyncIterator[bytes], buffered: list[bytes], total: int
+                         ) -> ObjectInfo:
+        params = self._write_params(payload, None)
+        try:
+            created = await client.create_multipart_upload(Bucket=self._bucket, Key=key, **params)
+        except Exception as exc:
+            raise self._error(exc, key) from exc
+        upload_id = created["UploadId"]
+        parts: dict[int, str] = {}
+        in_flight: set[asyncio.Task[None]] = set()
+        hint = payload.size_hint
+
+        async def send(number: int, body: bytes) -> None:
+            response = await client.upload_part(Bucket=self._bucket, Key=key, UploadId=upload_id,
+                                                PartNumber=number, Body=body)
+            parts[number] = response["ETag"]
+
+        async def submit(number: int, body: bytes) -> None:
+            while len(in_flight) >= self.max_concurrency:
+                done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                in_flight.difference_update(done)
+                for task in done:
+                    task.result()  # re-raise the first part failure
+            if number > MAX_PARTS:
+                raise StorageError(f"{self.name}: upload needs more than {MAX_PARTS} parts")
+            in_flight.add(asyncio.ensure_future(send(number, body)))
+
+        state = {"number": 1, "part_size": self._part_size(hint, 1)}
+        pending, pending_size = buffered, total
+
+        async def emit(final: bool) -> None:
+            nonlocal pending, pending_size
+            data = pending[0] if len(pending) == 1 else b"".join(pending)
+            pending, pending_size = [], 0
+            pos, end = 0, len(data)
+            while end - pos >= state["part_size"] or (final and pos < end):
+                take = state["part_size"]
+                body = data if (pos == 0 and end <= take) else data[pos:pos + take]
+                pos += len(body)
+                await submit(state["number"], body)
+                state["number"] += 1
+                state["part_size"] = self._part_size(hint, state["number"])
+            if pos < end:
+                rest = data[pos:] if pos else data
+                pending, pending_size = [rest], len(rest)
+
+        try:
+            if pending_size >= state["part_size"]:
+                await emit(final=False)
+            async for chunk in chunks:
+                pending.append(chunk)
+                pending_size += len(chunk)
+                if pending_size >= state["part_size"]:
+                    await emit(final=False)
+            # the payload ended normally, so its size limit and checksum passed
+            if pending_size:
+                await emit(final=True)
+            if in_flight:
+                await asyncio.gather(*in_flight)
+                in_flight.clear()
+            completed = await client.complete_multipart_upload(
+                Bucket=self._bucket, Key=key, UploadId=upload_id,
+                MultipartUpload={"Parts": [{"PartNumber": n, "ETag": parts[n]}
+                                           for n in sorted(parts)]},
+                **({"IfNoneMatch": "*"} if payload.request.create_only else {}),
+            )
+        except BaseException as exc:
+            for task in in_flight:
+                task.cancel()
+            if in_flight:
+                await asyncio.gather(*in_flight, return_exceptions=True)
+            await self._abort(client, key, upload_id)
+            if isinstance(exc, boto_exc.ClientError):
+                if payload.request.create_only and _status(exc) == 412:
+                    raise create_only_conflict(self.name, key) from exc
+                raise self._error(exc, key) from exc
+            if isinstance(exc, Exception) and not isinstance(exc, StorageError):
+                raise self._error(exc, key) from exc
+            raise
+        # Record the MD5 (known only now) with a server-side copy onto itself, guarded so a
+        # concurrent writer's object is never touched.
+        await self._record_md5(client, key, payload, str(completed.get("ETag", "")))
+        return self._written_info(key, payload, {})
+
+    async def _abort(self, client: Any, key: str, upload_id: str) -> None:
+        """Abort a multipart upload, even while the caller is being cancelled."""
+        task = asyncio.ensure_future(client.abort_multipart_upload(
+            Bucket=self._bucket, Key=key, UploadId=upload_id))
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(task, self.connect_timeout + self.read_timeout)
+            raise
+        except Exception:  # the upload expires by lifecycle rules; the original error wins
+            return
+
+    async def _record_md5(self, client: Any, key: str, payload: Payload, etag: str) -> None:
+        params = self._write_params(payload, payload.etag)
+        try:
+            await self._server_copy(client, key, key, payload.size, params, if_match=etag)
+        except boto_exc.ClientError as exc:
+            if _status(exc) == 412:  # someone overwrote it meanwhile: theirs now
+                return
+            raise self._error(exc, key) from exc
+
+    async def _server_copy(self, client: Any, src: str, dst: str, size: int,
+                           replace: dict[str, Any] | None, if_match: str | None = None
+                           ) -> dict[str, Any]:
+        """CopyObject (``replace`` = new ContentType/Metadata/CacheControl, else COPY), or a
+        multipart copy above ``max_single_copy``."""
+        source = {"Bucket": self._bucket, "Key": src}
+        guard = {"CopySourceIfMatch": if_match} if if_match else {}
+        if size <= self.max_single_copy:
+            if replace is not None:
+                params: dict[str, Any] = {"MetadataDirective": "REPLACE", **replace}
+            else:
+                params = {"MetadataDirective": "COPY", **self._sse}
+            response: dict[str, Any] = await client.copy_object(
+                Bucket=self._bucket, Key=dst, CopySource=source, **params, **guard)
+            return response
+        if replace is None:
+            head = await client.head_object(Bucket=self._bucket, Key=src)
+            replace = {"ContentType": head.get("ContentType") or "application/octet-stream",
+                       "Metadata": dict(head.get("Metadata") or {}), **self._sse}
+            if head.get("CacheControl"):
+                replace["CacheControl"] = head["CacheControl"]
+        created = await client.create_multipart_upload(Bucket=self._bucket, Key=dst, **replace)
+        upload_id = created["UploadId"]
+        part = max(self.copy_part_size, math.ceil(size / (MAX_PARTS - 1)), MIN_PART_SIZE)
+        ranges = [(i // part + 1, i, min(i + part, size) - 1) for i in range(0, size, part)]
+        limit = asyncio.Semaphore(self.max_concurrency)
+        etags: dict[int, str] = {}
+
+        async def copy_part(number: int, first: int, last: int) -> None:
+            async with limit:
+                response = await client.upload_part_copy(
+                    Bucket=self._bucket, Key=dst, UploadId=upload_id, PartNumber=number,
+                    CopySource=source, CopySourceRange=f"bytes={first}-{last}", **guard)
+            etags[number] = response["CopyPartResult"]["ETag"]
+
+        tasks = [asyncio.ensure_future(copy_part(*r)) for r in ranges]
+        try:
+            await asyncio.gather(*tasks)
+            return dict(await client.complete_multipart_upload(
+                Bucket=self._bucket, Key=dst, UploadId=upload_id,
+                MultipartUpload={"Parts": [{"PartNumber": n, "ETag": etags[n]}
+                                           for n in sorted(etags)]}))
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self._abort(client, dst, upload_id)
+            raise
+
+    # ------------------------------------------------------------------ reading
+
+    async def _read(self, key: str, offset: int, length: int | None, chunk_size: int
+                    ) -> AsyncIterator[bytes]:
+        client = await self._get_client()
+        if length == 0:
+            if await self._head(key) is None:
+                raise StorageFileNotFoundError(backend=self.name, key=key)
+            return
+        params: dict[str, Any] = {}
+        if offset or length is not None:
+            end = "" if length is None else str(offset + length - 1)
+            params["Range"] = f"bytes={offset}-{end}"
+        try:
+            response = await client.get_object(Bucket=self._bucket, Key=key, **params)
+        except boto_exc.ClientError as exc:
+            if _code(exc) == "InvalidRange" or _status(exc) == 416:
+                return  # the object exists; the range starts at or past its end
+            raise self._error(exc, key) from exc
+        except Exception as exc:
+            raise self._error(exc, key) from exc
+        body = response["Body"]
+        async with body:
+            async for chunk in body.iter_chunks(chunk_size):
+                if chunk:
+                    yield chunk
+
+    async def _read_all(self, key: str) -> bytes:
+        client = await self._get_client()
+        try:
+            response = await client.get_object(Bucket=self._bucket, Key=key)
+            async with response["Body"] as body:
+                data: bytes = await body.read()
+        except Exception as exc:
+            raise self._error(exc, key) from exc
+        return data
+
+    async def _head(self, key: str) -> ObjectInfo | None:
+        client = await self._get_client()
+        try:
+            head = await client.head_object(Bucket=self._bucket, Key=key)
+        except boto_exc.ClientError as exc:
+            if _code(exc) in _NOT_FOUND or _status(exc) == 404:
+                return None
+            raise self._error(exc, key) from exc
+        return self._info_from_head(key, head)
+
+    # ------------------------------------------------------------------ deleting
+
+    async def _delete(self, key: str) -> bool:
+        if await self._head(key) is None:
+            return False
+        client = await self._get_client()
+        try:
+            await client.delete_object(Bucket=self._bucket, Key=key)
+        except Exception as exc:
+            raise self._error(exc, key) from exc
+        return True
+
+    async def _delete_many(self, keys: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+        client = await self._get_client()
+        failed: dict[str, str] = {}
+        for start in range(0, len(keys), 1000):
+            batch = keys[start:start + 1000]
+            try:
+                response = await client.delete_objects(
+                    Bucket=self._bucket,
+                    Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True})
+            except Exception as exc:
+                raise self._error(exc, batch[0]) from exc
+            for error in response.get("Errors") or []:
+                failed[str(error.get("Key"))] = (f"{error.get('Code', 'Error')}: "
+                                                 f"{error.get('Message', '')}").strip()
+        return [k for k in keys if k not in failed], failed
+
+    # ------------------------------------------------------------------ listing
+
+    async def _full_infos(self, client: Any, summaries: AsyncIterator[dict[str, Any]]
+                          ) -> AsyncIterator[ObjectInfo]:
+        """HEAD each listed object (S3 listings carry no content type or metadata), up to
+        ``max(8, 2 * max_concurrency)`` at once, yielding in listing order."""
+        window = max(8, 2 * self.max_concurrency)
+        queue: deque[asyncio.Task[ObjectInfo | None]] = deque()
+        try:
+            async for summary in summaries:
+                queue.append(asyncio.ensure_future(self._head(str(summary["Key"]))))
+                if len(queue) >= window:
+                    info = await queue.popleft()
+                    if info is not None:  # deleted since it was listed
+                        yield info
+            while queue:
+                info = await queue.popleft()
+                if info is not None:
+                    yield info
+        finally:
+            for task in queue:
+                task.cancel()
+            if queue:
+                await asyncio.gather(*queue, return_exceptions=True)
+
+    async def _pages(self, client: Any, **params: Any) -> AsyncIterator[dict[str, Any]]:
+        paginator = client.get_paginator("list_objects_v2")
+        async for page in paginator.paginate(Bucket=self._bucket, **params):
+            yield page
+
+    async def _list(self, prefix: str, start_after: str | None) -> AsyncIterator[ObjectInfo]:
+        client = await self._get_client()
+        params: dict[str, Any] = {"Prefix": prefix}
+        if start_after is not None and start_after >= prefix:
+            params["StartAfter"] = start_after
+
+        async def summaries() -> AsyncIterator[dict[str, Any]]:
+            async for page in self._pages(client, **params):
+                for item in page.get("Contents") or []:
+                    yield item
+
+        async for info in self._full_infos(client, summaries()):
+            yield info
+
+    async def _list_dir(self, prefix: str, delimiter: str) -> DirListing:
+        client = await self._get_client()
+        prefixes: list[str] = []
+        contents: list[dict[str, Any]] = []
+        async for page in self._pages(client, Prefix=prefix, Delimiter=delimiter):
+            contents.extend(page.get("Contents") or [])
+            prefixes.extend(str(p["Prefix"]) for p in page.get("CommonPrefixes") or [])
+
+        async def summaries() -> AsyncIterator[dict[str, Any]]:
+            for item in contents:
+                yield item
+
+        files = [info async for info in self._full_infos(client, summaries())]
+        return DirListing(files=files, prefixes=sorted(set(prefixes)))
+
+    # ------------------------------------------------------------------ copy and move
+
+    async def _copy(self, src: str, dst: str) -> ObjectInfo:
+        head = await self._head(src)
+        if head is None:
+            raise StorageFileNotFoundError(backend=self.name, key=src)
+        client = await self._get_client()
+        try:
+            response = await self._server_copy(client, src, dst, head.size, None)
+        except boto_exc.ClientError as exc:
+            raise self._error(exc, src) from exc
+        result = response.get("CopyObjectResult") or {}
+        modified = result.get("LastModified")
+        return ObjectInfo(
+            path=dst, size=head.size, content_type=head.content_type,
+            last_modified=modified.astimezone(UTC) if isinstance(modified, datetime)
+            else datetime.now(UTC),
+            etag=head.etag, metadata=dict(head.metadata or {}), cache_control=head.cache_control,
+        )
+
+    # ------------------------------------------------------------------ URLs and health
+
+    def _url(self, key: str) -> str:
+        path = quote(key, safe="/~")
+        if self.public_url:
+            return f"{self.public_url}/{path}"
+        bucket = quote(self._bucket, safe="")
+        if self.endpoint_url:
+            if self.addressing_style == "virtual":
+                parts = urlsplit(self.endpoint_url)
+                return f"{parts.scheme}://{bucket}.{parts.netloc}{parts.path}/{path}"
+            return f"{self.endpoint_url}/{bucket}/{path}"
+        region = self.region or "us-east-1"
+        if self.addressing_style == "path":
+            return f"https://s3.{region}.amazonaws.com/{bucket}/{path}"
+        return f"https://{bucket}.s3.{region}.amazonaws.com/{path}"
+
+    async def _presign(self, key: str, expires_in: timedelta, method: str,
+                       options: dict[str, Any]) -> str:
+        allowed = _PRESIGN_GET_OPTIONS if method == "GET" else _PRESIGN_PUT_OPTIONS
+        unknown = set(options) - set(allowed)
+        if unknown:
+            raise TypeError(f"{self.name}: unknown presign option(s) {sorted(unknown)} for "
+                            f"{method}; accepted: {sorted(allowed)}")
+        params: dict[str, Any] = {"Bucket": self._bucket, "Key": key}
+        for option, value in options.items():
+            if value is not None:
+                params[allowed[option]] = value
+        client = await self._get_client()
+        operation = "get_object" if method == "GET" else "put_object"
+        url: str = await client.generate_presigned_url(
+            operation, Params=params, ExpiresIn=max(1, int(expires_in.total_seconds())),
+            HttpMethod=method)
+        return url
+
+    async def _ping(self) -> dict[str, Any]:
+        client = await self._get_client()
+        try:
+            await client.head_bucket(Bucket=self._bucket)
+        except boto_exc.ClientError as exc:
+            if _status(exc) == 404 or _code(exc) in ("404", "NoSuchBucket", "NotFound"):
+                raise StorageBucketNotFoundError(f"bucket {self._bucket!r} does not exist",
+                                                 backend=self.name, cause=exc) from exc
+            raise self._error(exc, None) from exc
+        return {"endpoint": self.endpoint_url or "aws", "region": self.region}
+
+
+class R2Driver(S3Driver):
+    """Cloudflare R2: the S3 driver with R2's rules (endpoint required, region ``auto``,
+    SigV4, request/response checksums only when required)."""
+
+    driver: ClassVar[str] = "r2"
+    default_region: ClassVar[str | None] = "auto"
+    default_checksum_mode: ClassVar[str] = "when_required"
+
+    def __init__(self, bucket: str, *args: Any, **kwargs: Any) -> None:
+        super().__init__(bucket, *args, **kwargs)
+        if not self.endpoint_url:
+            raise StorageConfigurationError(
+                "r2 needs endpoint_url (https://<account_id>.r2.cloudflarestorage.com)",
+                backend=self.name)
+
