@@ -19,6 +19,10 @@ os.environ.setdefault("LEX_QUIET", "1")
 # Signed URLs on the local driver need an HMAC key; this one is for the demo only.
 os.environ.setdefault("LEX_STORAGE__DRIVERS__LOCAL__SIGNING_KEY", "quickstart-demo-key-not-for-prod")
 
+from lexigram.logging import configure_logging
+
+configure_logging(level="WARNING")  # before the imports below log their module registrations
+
 from lexigram import Application  # noqa: E402
 from lexigram.contracts.events import EventBusProtocol  # noqa: E402
 from lexigram.contracts.infra.storage import BlobStoreProtocol  # noqa: E402
