@@ -98,6 +98,7 @@ _BLOCK = 1024 * 1024  # bytes per read/write hop for large objects
 _LIST_BATCH = 256
 _OPEN_READ = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0)
+_OPEN_TMPFILE = os.O_WRONLY | getattr(os, "O_TMPFILE", 0) | getattr(os, "O_CLOEXEC", 0)
 _OPEN_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 _HAS_PROC_FD = sys.platform.startswith("linux") and os.path.isdir("/proc/self/fd")
 _XATTR_UNSUPPORTED = {errno.ENOTSUP, getattr(errno, "EOPNOTSUPP", errno.ENOTSUP)}
@@ -222,6 +223,7 @@ class LocalDriver(BaseDriver):
         self.fsync = fsync
         self._mode = 0o666 & ~_umask()
         self._xattrs: bool | None = None  # None: not probed yet
+        self._tmpfile = _HAS_PROC_FD and hasattr(os, "O_TMPFILE")
         self._ready = False
 
     def __repr__(self) -> str:
@@ -478,8 +480,20 @@ class LocalDriver(BaseDriver):
 
     # ------------------------------------------------------------------ writing
 
-    def _new_temp(self) -> tuple[int, str]:
+    def _new_temp(self) -> tuple[int, str | None]:
+        """A new temp file in staging: unnamed (``O_TMPFILE``, gone if the process dies) where
+        the filesystem supports it, else a named one."""
         self._ensure_ready()
+        if self._tmpfile:
+            try:
+                return os.open(self._staging, _OPEN_TMPFILE, self._mode), None
+            except FileNotFoundError:  # staging removed behind our back
+                os.makedirs(self._staging, exist_ok=True)
+                return os.open(self._staging, _OPEN_TMPFILE, self._mode), None
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOTSUP):
+                    raise
+                self._tmpfile = False
         tmp = f"{self._staging}/{_process_prefix()}{next(_counter)}.tmp"
         try:
             fd = os.open(tmp, _OPEN_NEW, self._mode)
@@ -487,6 +501,16 @@ class LocalDriver(BaseDriver):
             os.makedirs(self._staging, exist_ok=True)
             fd = os.open(tmp, _OPEN_NEW, self._mode)
         return fd, tmp
+
+    def _name_temp(self, fd: int) -> str:
+        """Give an unnamed temp file a name in staging (just before it is committed)."""
+        name = f"{_process_prefix()}{next(_counter)}.tmp"
+        sfd = os.open(self._staging, _OPEN_DIR)
+        try:
+            os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=sfd, follow_symlinks=True)
+        finally:
+            os.close(sfd)
+        return f"{self._staging}/{name}"
 
     def _write_all(self, fd: int, data: bytes | memoryview) -> None:
         view = memoryview(data)
@@ -525,8 +549,8 @@ class LocalDriver(BaseDriver):
     def _finish(self, state: _Temp, key: str, parts: list[bytes], meta: _Meta,
                 create_only: bool) -> ObjectInfo:
         """Last bytes, metadata, fsync and the atomic commit of the temp file."""
-        fd, tmp = state.fd, state.path
-        assert fd is not None and tmp is not None
+        fd = state.fd
+        assert fd is not None
         try:
             if parts:
                 self._write_parts(fd, parts)
@@ -534,6 +558,9 @@ class LocalDriver(BaseDriver):
             if self.fsync:
                 os.fsync(fd)
             st = os.fstat(fd)
+            if state.path is None:
+                state.path = self._name_temp(fd)
+            tmp = state.path
             state.fd = None
             os.close(fd)
             self._commit(tmp, key, create_only, st.st_ino)
@@ -1031,7 +1058,9 @@ class LocalDriver(BaseDriver):
 
     def _ping_sync(self) -> dict[str, Any]:
         start = time.perf_counter()
-        fd, tmp = self._new_temp()
+        self._ensure_ready()
+        tmp = f"{self._staging}/{_process_prefix()}{next(_counter)}.probe"
+        fd = os.open(tmp, _OPEN_NEW, self._mode)
         try:
             os.write(fd, b"lexigram-health")
             os.close(fd)
