@@ -161,6 +161,9 @@ def unique_name() -> str:
     return f"t-{uuid.uuid4().hex[:20]}"
 
 
+_SESSION: Any = None
+
+
 def s3_client_for(s: S3Settings, region: str | None = None, **config: Any) -> Any:
     """A raw aioboto3 client context manager (for set-up and for checking server state)."""
     import aioboto3
@@ -169,9 +172,12 @@ def s3_client_for(s: S3Settings, region: str | None = None, **config: Any) -> An
     cfg = Config(s3={"addressing_style": "path"}, signature_version="s3v4",
                  retries={"total_max_attempts": 1, "mode": "standard"},
                  connect_timeout=2, read_timeout=10, **config)
-    session = aioboto3.Session(aws_access_key_id=s.access_key, aws_secret_access_key=s.secret_key)
-    return session.client("s3", endpoint_url=s.endpoint_url, region_name=region or s.region,
-                          config=cfg)
+    global _SESSION
+    if _SESSION is None:
+        _SESSION = aioboto3.Session()
+    return _SESSION.client("s3", endpoint_url=s.endpoint_url, region_name=region or s.region,
+                           config=cfg, aws_access_key_id=s.access_key,
+                           aws_secret_access_key=s.secret_key)
 
 
 async def create_bucket(s: S3Settings, name: str) -> None:

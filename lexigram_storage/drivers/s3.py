@@ -38,6 +38,7 @@ from lexigram_storage.errors import (
     StorageFileNotFoundError,
     StoragePermissionError,
     StorageUnavailableError,
+    unsupported,
 )
 from lexigram_storage.events import StorageEvents
 from lexigram_storage.models import DirListing, ObjectInfo
@@ -91,6 +92,19 @@ def _status(exc: BaseException) -> int:
         meta = exc.response.get("ResponseMetadata", {})
         return int(meta.get("HTTPStatusCode") or 0)
     return 0
+
+
+_SESSION: Any = None
+
+
+def _shared_session() -> Any:
+    """One aioboto3 session per process: clients share its loaded service models (a new
+    session costs ~0.3 s per client) and its credential chain. Static keys are passed per
+    client, so drivers with different credentials never mix them."""
+    global _SESSION
+    if _SESSION is None:
+        _SESSION = aioboto3.Session()
+    return _SESSION
 
 
 def _secret(value: str | SecretStr | None) -> str | None:
@@ -283,13 +297,16 @@ class S3Driver(BaseDriver):
             self._client_lock = asyncio.Lock()
         async with self._client_lock:
             if self._client is None:
-                session = aioboto3.Session(
-                    aws_access_key_id=self._access_key,
-                    aws_secret_access_key=_secret(self._secret_key),
-                    aws_session_token=_secret(self._session_token),
-                )
-                cm = session.client("s3", endpoint_url=self.endpoint_url,
-                                    region_name=self.region, config=self._boto_config())
+                credentials: dict[str, Any] = {}
+                if self._access_key is not None:
+                    credentials = {
+                        "aws_access_key_id": self._access_key,
+                        "aws_secret_access_key": _secret(self._secret_key),
+                        "aws_session_token": _secret(self._session_token),
+                    }
+                cm = _shared_session().client("s3", endpoint_url=self.endpoint_url,
+                                              region_name=self.region,
+                                              config=self._boto_config(), **credentials)
                 client = await cm.__aenter__()
                 # botocore sends "Expect: 100-continue" on PutObject/UploadPart and aiohttp then
                 # waits for the 100 without any timeout: a hung server would hang uploads forever.
@@ -432,13 +449,13 @@ class S3Driver(BaseDriver):
 
     def _part_size(self, size_hint: int | None, part_number: int) -> int:
         """The size of part *part_number* (1-based): at least the configured size, big enough
-        for a known size to fit in 10,000 parts; for an unknown size it doubles every 1,000
-        parts (5 MiB parts reach about 5 TiB within 10,000 parts)."""
+        for a known size to fit in 10,000 parts; for an unknown size it doubles every 900
+        parts (starting at 5 MiB, 10,000 parts hold more than S3's 5 TiB object limit)."""
         size = self.multipart_chunk_size
         if size_hint is not None:
             size = max(size, math.ceil(size_hint / (MAX_PARTS - 1)))
         else:
-            size <<= min((part_number - 1) // 1000, 9)
+            size <<= min((part_number - 1) // 900, 10)
         return min(size, MAX_PART_SIZE)
 
     async def _multipart(self, client: Any, key: str, payload: Payload,
@@ -773,8 +790,8 @@ class S3Driver(BaseDriver):
         allowed = _PRESIGN_GET_OPTIONS if method == "GET" else _PRESIGN_PUT_OPTIONS
         unknown = set(options) - set(allowed)
         if unknown:
-            raise TypeError(f"{self.name}: unknown presign option(s) {sorted(unknown)} for "
-                            f"{method}; accepted: {sorted(allowed)}")
+            raise unsupported(self.name, f"get_presigned_url option(s) {sorted(unknown)}",
+                              hint=f"{method} URLs accept: {sorted(allowed)}")
         params: dict[str, Any] = {"Bucket": self._bucket, "Key": key}
         for option, value in options.items():
             if value is not None:

@@ -1,0 +1,428 @@
+"""S3/R2 driver behaviour beyond the conformance suite, against a real moto server."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import pytest
+from lexigram.contracts.core.health import HealthStatus
+from lexigram.contracts.infra.storage import StorageUnsupportedOperationError
+
+from lexigram_storage.config import EncryptionConfig
+from lexigram_storage.drivers.s3 import MD5_METADATA_KEY, MiB, R2Driver, S3Driver
+from lexigram_storage.errors import (
+    ChecksumMismatchError,
+    PreconditionFailedError,
+    StorageBucketNotFoundError,
+    StorageConfigurationError,
+    StorageFileNotFoundError,
+    StorageUnavailableError,
+)
+from tests.emulators import S3Settings, create_bucket
+
+
+def md5(data: bytes) -> str:
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+def make_driver(s: S3Settings, bucket: str, **kw: Any) -> S3Driver:
+    options: dict[str, Any] = dict(
+        region="us-east-1", access_key=s.access_key, secret_key=s.secret_key,
+        endpoint_url=s.endpoint_url, addressing_style="path", connect_timeout=2,
+        read_timeout=10, max_attempts=1, multipart_threshold=5 * MiB,
+        multipart_chunk_size=5 * MiB, name="s3-test",
+    )
+    options.update(kw)
+    return S3Driver(bucket, **options)
+
+
+@pytest.fixture
+async def store(s3_server: S3Settings, s3_bucket: str) -> AsyncIterator[S3Driver]:
+    async with make_driver(s3_server, s3_bucket) as driver:
+        yield driver
+
+
+async def uploads_in_progress(client: Any, bucket: str) -> list[str]:
+    response = await client.list_multipart_uploads(Bucket=bucket)
+    return [u["Key"] for u in response.get("Uploads") or []]
+
+
+def part_uploads(s: S3Settings, bucket: str, key: str) -> int:
+    """How many UploadPart requests the moto server logged for *key* (its access log)."""
+    assert s.emulator is not None
+    log = Path(s.emulator.workdir, "server.log").read_text(errors="replace")
+    return sum(1 for line in log.splitlines()
+               if f"PUT /{bucket}/{key}?partNumber=" in line or
+               (f"PUT /{bucket}/{key}?" in line and "partNumber=" in line))
+
+
+async def chunked(data: bytes, size: int) -> AsyncIterator[bytes]:
+    for i in range(0, len(data), size):
+        yield data[i:i + size]
+
+
+# ---------------------------------------------------------------- multipart uploads
+
+
+async def test_multipart_from_bytes(store: S3Driver, s3_client: Any, s3_bucket: str,
+                                    s3_server: S3Settings) -> None:
+    raw = os.urandom(17 * MiB + 3)
+    info = await store.upload("mp/bytes.bin", raw, "application/x-test", metadata={"a": "1"},
+                              cache_control="no-cache")
+    assert info.size == len(raw)
+    assert info.etag == md5(raw)
+    head = await s3_client.head_object(Bucket=s3_bucket, Key="mp/bytes.bin")
+    assert part_uploads(s3_server, s3_bucket, "mp/bytes.bin") == 4  # 3 x 5 MiB + 2 MiB
+    assert head["Metadata"][MD5_METADATA_KEY] == md5(raw)
+    stored = await store.info("mp/bytes.bin")
+    assert stored.etag == md5(raw)
+    assert stored.metadata == {"a": "1"}
+    assert stored.content_type == "application/x-test"
+    assert stored.cache_control == "no-cache"
+    assert await store.download("mp/bytes.bin") == raw
+    assert await uploads_in_progress(s3_client, s3_bucket) == []
+
+
+async def test_multipart_from_async_iterator_of_small_chunks(
+        store: S3Driver, s3_client: Any, s3_bucket: str, s3_server: S3Settings) -> None:
+    raw = os.urandom(12 * MiB + 12345)
+    info = await store.upload("mp/iter.bin", chunked(raw, 64 * 1024))
+    assert (info.size, info.etag) == (len(raw), md5(raw))
+    assert part_uploads(s3_server, s3_bucket, "mp/iter.bin") == 3  # 64 KiB chunks -> 5+5+2 MiB
+    got = b"".join([c async for c in store.stream("mp/iter.bin", chunk_size=MiB)])
+    assert got == raw
+
+
+async def test_multipart_from_64_mib_file(s3_server: S3Settings, s3_bucket: str,
+                                          s3_client: Any, tmp_path: Path) -> None:
+    raw = os.urandom(64 * MiB)
+    path = tmp_path / "big.bin"
+    path.write_bytes(raw)
+    async with make_driver(s3_server, s3_bucket, multipart_threshold=8 * MiB,
+                           multipart_chunk_size=8 * MiB, max_concurrency=4) as driver:
+        with path.open("rb") as f:
+            info = await driver.upload("mp/file.bin", f)
+        assert (info.size, info.etag) == (len(raw), md5(raw))
+        assert part_uploads(s3_server, s3_bucket, "mp/file.bin") == 8
+        head = await s3_client.head_object(Bucket=s3_bucket, Key="mp/file.bin")
+        assert head["ContentLength"] == len(raw)
+        assert (await driver.info("mp/file.bin")).etag == md5(raw)
+        assert await driver.download("mp/file.bin") == raw
+    assert await uploads_in_progress(s3_client, s3_bucket) == []
+
+
+async def test_small_unknown_size_stream_is_one_put(store: S3Driver, s3_client: Any,
+                                                    s3_bucket: str) -> None:
+    raw = os.urandom(MiB)
+    await store.upload("small.bin", chunked(raw, 1000))
+    head = await s3_client.head_object(Bucket=s3_bucket, Key="small.bin")
+    assert head["ETag"].strip('"') == md5(raw)
+
+
+def test_part_size_grows_to_stay_under_10000_parts() -> None:
+    driver = S3Driver("bucket", multipart_chunk_size=5 * MiB)
+    assert driver._part_size(None, 1) == 5 * MiB
+    assert driver._part_size(None, 901) == 10 * MiB
+    assert driver._part_size(None, 10_000) == 5 * 1024 * MiB
+    five_tib = 5 * 1024 * 1024 * MiB
+    size = driver._part_size(five_tib, 1)
+    assert size * 9999 >= five_tib and size <= 5 * 1024 * MiB
+    # unknown size: 10,000 growing parts hold about 5 TiB
+    assert sum(driver._part_size(None, n) for n in range(1, 10_001)) >= 5 * 1024 * 1024 * MiB
+
+
+async def test_cancellation_mid_multipart_aborts_the_upload(
+        store: S3Driver, s3_client: Any, s3_bucket: str) -> None:
+    parts_sent = asyncio.Event()
+    forever = asyncio.Event()
+
+    async def slow() -> AsyncIterator[bytes]:
+        for _ in range(12):  # 12 MiB: two parts go out
+            yield os.urandom(MiB)
+        parts_sent.set()
+        await forever.wait()
+        yield b"never"
+
+    task = asyncio.create_task(store.upload("mp/cancelled.bin", slow()))
+    await asyncio.wait_for(parts_sent.wait(), 20)
+    for _ in range(100):
+        if await uploads_in_progress(s3_client, s3_bucket):
+            break
+        await asyncio.sleep(0.02)
+    assert await uploads_in_progress(s3_client, s3_bucket) == ["mp/cancelled.bin"]
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await uploads_in_progress(s3_client, s3_bucket) == []
+    assert not await store.exists("mp/cancelled.bin")
+
+
+async def test_failing_source_and_bad_checksum_abort_the_upload(
+        store: S3Driver, s3_client: Any, s3_bucket: str) -> None:
+    async def broken() -> AsyncIterator[bytes]:
+        for _ in range(11):
+            yield b"x" * MiB
+        raise OSError("source broke")
+
+    with pytest.raises(Exception, match="source broke"):
+        await store.upload("mp/broken.bin", broken())
+    raw = os.urandom(11 * MiB)
+    with pytest.raises(ChecksumMismatchError):
+        await store.upload("mp/bad.bin", chunked(raw, MiB), checksum="md5:" + "0" * 32)
+    assert await uploads_in_progress(s3_client, s3_bucket) == []
+    assert not await store.exists("mp/broken.bin")
+    assert not await store.exists("mp/bad.bin")
+
+
+async def test_create_only_multipart_uses_conditional_complete(
+        store: S3Driver, s3_client: Any, s3_bucket: str) -> None:
+    first = os.urandom(6 * MiB)
+    await store.upload("mp/co.bin", first, if_none_match="*")
+    with pytest.raises(PreconditionFailedError):
+        await store.upload("mp/co.bin", chunked(os.urandom(6 * MiB), MiB), if_none_match="*")
+    assert await store.download("mp/co.bin") == first
+    assert await uploads_in_progress(s3_client, s3_bucket) == []
+
+
+# ---------------------------------------------------------------- copy
+
+
+def head_etag_parts(head: dict[str, Any]) -> int:
+    etag = head["ETag"].strip('"')
+    return int(etag.rsplit("-", 1)[1]) if "-" in etag else 1
+
+
+async def test_copy_is_server_side_and_multipart_above_the_limit(
+        s3_server: S3Settings, s3_bucket: str, s3_client: Any) -> None:
+    raw = os.urandom(11 * MiB)
+    async with make_driver(s3_server, s3_bucket) as driver:
+        await driver.upload("c/src.bin", raw, "image/png", metadata={"k": "v"},
+                            cache_control="max-age=5")
+        small = await driver.copy("c/src.bin", "c/plain.bin")
+        assert small.etag == md5(raw)
+        driver.max_single_copy = 5 * MiB  # force the multipart copy (used above 5 GiB)
+        driver.copy_part_size = 5 * MiB
+        info = await driver.copy("c/src.bin", "c/dst.bin")
+        assert info.etag == md5(raw)
+        assert head_etag_parts(await s3_client.head_object(Bucket=s3_bucket, Key="c/dst.bin")) == 3
+        stored = await driver.info("c/dst.bin")
+        assert (stored.content_type, stored.metadata, stored.cache_control, stored.etag) == \
+            ("image/png", {"k": "v"}, "max-age=5", md5(raw))
+        assert await driver.download("c/dst.bin") == raw
+        with pytest.raises(StorageFileNotFoundError):
+            await driver.copy("c/none.bin", "c/x.bin")
+    assert await uploads_in_progress(s3_client, s3_bucket) == []
+
+
+# ---------------------------------------------------------------- URLs
+
+
+async def test_presigned_get_and_put_with_a_real_http_client(store: S3Driver) -> None:
+    await store.upload("p/report.csv", b"a,b\n1,2\n")
+    url = await store.get_presigned_url(
+        "p/report.csv", 300, response_content_disposition='attachment; filename="r.csv"',
+        response_content_type="text/plain")
+    assert "X-Amz-Algorithm=AWS4-HMAC-SHA256" in url
+    assert "X-Amz-Signature=" in url and "AWSAccessKeyId" not in url
+    async with httpx.AsyncClient(timeout=10) as http:
+        response = await http.get(url)
+        assert response.status_code == 200
+        assert response.content == b"a,b\n1,2\n"
+        assert response.headers["content-disposition"] == 'attachment; filename="r.csv"'
+        assert response.headers["content-type"].startswith("text/plain")
+        put_url = await store.get_presigned_url("p/up load.json", 300, "PUT",
+                                                content_type="application/json")
+        assert "content-type" in put_url.lower()
+        response = await http.put(put_url, content=b'{"x": 1}',
+                                  headers={"Content-Type": "application/json"})
+        assert response.status_code == 200
+    info = await store.info("p/up load.json")
+    assert info.content_type == "application/json"
+    assert await store.download("p/up load.json") == b'{"x": 1}'
+    with pytest.raises(StorageUnsupportedOperationError, match="response_content_type"):
+        await store.get_presigned_url("p/report.csv", 60, "PUT", response_content_type="x")
+
+
+async def test_get_url_forms(s3_server: S3Settings) -> None:
+    path_style = make_driver(s3_server, "my-bucket")
+    assert await path_style.get_url("a b/c.txt") == f"{s3_server.endpoint_url}/my-bucket/a%20b/c.txt"
+    cdn = S3Driver("my-bucket", public_url="https://cdn.example.com/")
+    assert await cdn.get_url("img/1 2.png") == "https://cdn.example.com/img/1%202.png"
+    aws = S3Driver("my-bucket", region="eu-west-1")
+    assert await aws.get_url("k") == "https://my-bucket.s3.eu-west-1.amazonaws.com/k"
+
+
+# ---------------------------------------------------------------- encryption
+
+
+@pytest.mark.parametrize(("encryption", "force", "expected"), [
+    (EncryptionConfig(enabled=True, type="aws:kms", kms_key_id="key-1"), False,
+     ("aws:kms", "key-1")),
+    (EncryptionConfig(enabled=True), False, ("AES256", None)),
+    (None, True, ("AES256", None)),
+    (EncryptionConfig(enabled=False), False, (None, None)),
+])
+async def test_encryption_reaches_every_write(
+        s3_server: S3Settings, s3_bucket: str, s3_client: Any,
+        encryption: EncryptionConfig | None, force: bool,
+        expected: tuple[str | None, str | None]) -> None:
+    async with make_driver(s3_server, s3_bucket, encryption=encryption,
+                           enable_encryption=force) as driver:
+        await driver.upload("e/single.txt", b"secret")
+        await driver.upload("e/multi.bin", os.urandom(6 * MiB))
+        await driver.copy("e/single.txt", "e/copied.txt")
+        for key in ("e/single.txt", "e/multi.bin", "e/copied.txt"):
+            head = await s3_client.head_object(Bucket=s3_bucket, Key=key)
+            assert (head.get("ServerSideEncryption"), head.get("SSEKMSKeyId")) == expected, key
+        assert (await driver.info("e/multi.bin")).metadata == {}
+
+
+# ---------------------------------------------------------------- errors and faults
+
+
+async def test_missing_bucket(s3_server: S3Settings) -> None:
+    async with make_driver(s3_server, "no-such-bucket-here") as driver:
+        with pytest.raises(StorageBucketNotFoundError) as exc:
+            await driver.upload("a.txt", b"x")
+        assert exc.value.__cause__ is not None
+        with pytest.raises(StorageBucketNotFoundError):
+            await driver.download("a.txt")
+        health = await driver.health_check(timeout=5)
+        assert health.status == HealthStatus.UNHEALTHY
+        assert "does not exist" in (health.error or "")
+
+
+async def test_server_stopped_raises_unavailable_within_the_timeout(
+        emulator_factory: Callable[[str], S3Settings], unique_name: str) -> None:
+    s = emulator_factory("s3")
+    await create_bucket(s, unique_name)
+    async with make_driver(s, unique_name, connect_timeout=1, read_timeout=2) as driver:
+        await driver.upload("k.txt", b"x")
+        assert s.emulator is not None
+        s.emulator.stop()
+        for call in (driver.download("k.txt"), driver.upload("k2.txt", b"y"),
+                     driver.exists("k.txt")):
+            t0 = time.monotonic()
+            with pytest.raises(StorageUnavailableError) as exc:
+                await call
+            assert time.monotonic() - t0 < 3
+            assert exc.value.__cause__ is not None
+            assert exc.value.code == "LEX_ERR_STORE_010"
+        health = await driver.health_check(timeout=3)
+        assert health.status == HealthStatus.UNHEALTHY
+
+
+async def test_paused_server_never_hangs_a_read_or_a_write(
+        emulator_factory: Callable[[str], S3Settings], unique_name: str) -> None:
+    s = emulator_factory("s3")
+    await create_bucket(s, unique_name)
+    async with make_driver(s, unique_name, connect_timeout=1, read_timeout=1.5) as driver:
+        await driver.upload("k.txt", b"x")
+        assert s.emulator is not None
+        s.emulator.pause()
+        try:
+            calls = [("read", lambda: driver.download("k.txt")),
+                     ("write", lambda: driver.upload("w.txt", b"y" * 1000)),
+                     ("multipart write", lambda: driver.upload("m.bin", os.urandom(6 * MiB))),
+                     ("health", lambda: driver.info("k.txt"))]
+            for label, call in calls:
+                t0 = time.monotonic()
+                with pytest.raises(StorageUnavailableError):
+                    await asyncio.wait_for(call(), 15)  # the safety net must never fire
+                assert time.monotonic() - t0 < 8, label
+            health = await driver.health_check(timeout=1)
+            assert health.status == HealthStatus.UNHEALTHY
+        finally:
+            s.emulator.resume()
+
+
+def test_configuration_errors() -> None:
+    with pytest.raises(StorageConfigurationError):
+        S3Driver("b", access_key="only-key")
+    with pytest.raises(StorageConfigurationError):
+        S3Driver("b", multipart_chunk_size=MiB)
+    with pytest.raises(StorageConfigurationError, match="endpoint_url"):
+        R2Driver("b")
+    driver = S3Driver("b", access_key="AKIA", secret_key="very-secret-value")
+    assert "very-secret-value" not in repr(driver) + repr(vars(driver))
+
+
+async def test_close_releases_the_client(s3_server: S3Settings, s3_bucket: str) -> None:
+    driver = make_driver(s3_server, s3_bucket)
+    await driver.upload("c.txt", b"x")
+    assert driver._client is not None
+    await driver.close()
+    assert driver._client is None
+    await driver.close()  # idempotent
+
+
+# ---------------------------------------------------------------- DI wiring
+
+
+async def test_named_s3_and_r2_backends_side_by_side(s3_server: S3Settings,
+                                                     unique_name: str) -> None:
+    from lexigram import Application
+    from lexigram.contracts.infra.storage import BlobStoreProtocol
+    from lexigram.di.markers import Named
+    from lexigram.di.module import Module, module
+
+    from lexigram_storage.config import (
+        NamedStorageConfig,
+        StorageConfig,
+        StorageR2Config,
+        StorageS3Config,
+    )
+    from lexigram_storage.module import StorageModule
+
+    await create_bucket(s3_server, unique_name + "-s3")
+    await create_bucket(s3_server, unique_name + "-r2")
+    common: dict[str, Any] = dict(endpoint_url=s3_server.endpoint_url, addressing_style="path",
+                                  access_key=s3_server.access_key,
+                                  secret_key=s3_server.secret_key, max_attempts=1,
+                                  connect_timeout=2, read_timeout=10)
+    config = StorageConfig(backends=[
+        NamedStorageConfig(name="files", driver="s3", primary=True,
+                           s3=StorageS3Config(bucket=unique_name + "-s3", region="us-east-1",
+                                              **common)),
+        NamedStorageConfig(name="cdn", driver="r2",
+                           r2=StorageR2Config(bucket=unique_name + "-r2", **common)),
+    ])
+
+    @module(imports=[StorageModule.configure(config)])
+    class AppModule(Module):
+        pass
+
+    app = Application(name="s3-di")
+    app.add_module(AppModule)
+    await app.start()
+    try:
+        default = await app.container.resolve(BlobStoreProtocol)
+        files = await app.container.resolve(Annotated[BlobStoreProtocol, Named("files")])
+        cdn = await app.container.resolve(Annotated[BlobStoreProtocol, Named("cdn")])
+        assert default is files
+        assert type(files) is S3Driver and type(cdn) is R2Driver
+        assert (files.name, cdn.name, cdn.region) == ("files", "cdn", "auto")
+        await files.upload("x.txt", b"from s3")
+        await cdn.upload("x.txt", b"from r2")
+        assert await files.download("x.txt") == b"from s3"
+        assert await cdn.download("x.txt") == b"from r2"
+        assert cdn.checksum_mode == "when_required"
+    finally:
+        await app.stop()
+    assert files._client is None and cdn._client is None
+
+
+async def test_io_bytes_and_sizes_known_upfront_use_one_put(store: S3Driver, s3_client: Any,
+                                                            s3_bucket: str) -> None:
+    raw = os.urandom(4 * MiB)
+    await store.upload("one.bin", io.BytesIO(raw))
+    head = await s3_client.head_object(Bucket=s3_bucket, Key="one.bin")
+    assert "-" not in head["ETag"]
