@@ -392,6 +392,15 @@ class LocalDriver(BaseDriver):
                     try:
                         child = os.open(name, _OPEN_DIR | os.O_NOFOLLOW, dir_fd=fd)
                     except NotADirectoryError:
+                        current = _lstat_at(name, fd)
+                        if current is not None and stat.S_ISLNK(current.st_mode):
+                            child = os.open(name, _OPEN_DIR, dir_fd=fd)  # check its target
+                            try:
+                                self._check_fd(child, key)
+                            except _Escape:
+                                os.close(child)
+                                raise self._escape_error(key) from None
+                            break
                         # an object has this name: it moves beside the new directory
                         with contextlib.suppress(FileNotFoundError, IsADirectoryError):
                             os.rename(name, name + _SELF, src_dir_fd=fd, dst_dir_fd=fd)
