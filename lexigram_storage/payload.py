@@ -95,6 +95,8 @@ class UploadRequest:
         backend: str,
         extra_allowed: frozenset[str] = frozenset(),
     ) -> UploadRequest:
+        if not options and (content_type is None or type(content_type) is str):
+            return cls(content_type=content_type or guess_content_type(key))  # the common case
         opts = dict(options)
         base = content_type if isinstance(content_type, UploadOptions) else None
         if content_type is not None and base is None and not isinstance(content_type, str):
@@ -173,7 +175,7 @@ class Payload:
     therefore commits only after the iteration finished normally.
     """
 
-    __slots__ = ("_check", "_iter", "_md5", "backend", "key", "max_bytes", "request",
+    __slots__ = ("_check", "_iter", "_md5", "_raw", "backend", "key", "max_bytes", "request",
                  "size", "size_hint")
 
     def __init__(
@@ -200,7 +202,13 @@ class Payload:
                 backend=backend,
                 key=key,
             )
-        self._iter, self.size_hint = _source(data, chunk_size, backend=backend)
+        if isinstance(data, bytes | bytearray | memoryview | str):
+            self._raw: bytes | None = _as_bytes(data, backend)
+            self._iter = _one(self._raw)
+            self.size_hint: int | None = len(self._raw)
+        else:
+            self._raw = None
+            self._iter, self.size_hint = _source(data, chunk_size, backend=backend)
         if self.size_hint is not None:
             self._check_size(self.size_hint)
 
@@ -235,6 +243,22 @@ class Payload:
                 check.update(chunk)
             yield chunk
         self._verify()
+
+    def take_bytes(self) -> bytes | None:
+        """The whole payload, checked, when it was given in memory (bytes or str); ``None`` for
+        files and iterators (iterate those). Lets drivers skip the async iteration for the
+        common small upload; like iteration, it can be done once."""
+        raw = self._raw
+        if raw is None:
+            return None
+        self._raw = None
+        self._iter = _one(b"")
+        self.size = len(raw)
+        self._md5.update(raw)
+        if self._check is not None:
+            self._check.update(raw)
+        self._verify()
+        return raw
 
     async def read_all(self) -> bytes:
         """The whole payload as bytes (for drivers that store or send it in one piece)."""

@@ -84,7 +84,9 @@ class MemoryDriver(BaseDriver):
         create_only = payload.request.create_only
         if create_only and key in self._objects:
             raise create_only_conflict(self.name, key)
-        data = await _collect(payload)
+        data = payload.take_bytes()
+        if data is None:
+            data = await _collect(payload)
         if create_only and key in self._objects:  # someone else won while we were reading
             raise create_only_conflict(self.name, key)
         now = datetime.now(UTC)
