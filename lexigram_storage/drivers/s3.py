@@ -9,8 +9,9 @@ failure or cancellation aborts the multipart upload.
 ``FileInfo.etag`` is the hex MD5 of the content on every driver. S3's own ETag is not an MD5
 for multipart uploads or SSE-KMS objects, so the MD5 computed while the bytes pass is stored in
 the object metadata entry ``x-amz-meta-lexigram-md5`` (hidden from the user metadata). For a
-multipart upload the MD5 is only known after the last part, so the finished object is copied
-onto itself server-side (guarded by ``CopySourceIfMatch``) to record it.
+multipart upload of a file or a stream the MD5 is only known after the last part, so the
+finished object is copied onto itself server-side (guarded by ``CopySourceIfMatch``) to record
+it; in-memory payloads (bytes, str) have their MD5 upfront and need no copy.
 """
 
 from __future__ import annotations
@@ -396,6 +397,12 @@ class S3Driver(BaseDriver):
     async def _write(self, key: str, payload: Payload) -> ObjectInfo:
         client = await self._get_client()
         threshold = self.multipart_threshold
+        raw = payload.take_bytes()  # in-memory payloads: checked at once, MD5 known upfront
+        if raw is not None:
+            if len(raw) < threshold:
+                return await self._put_single(client, key, payload, raw)
+            return await self._multipart(client, key, payload, _nothing(), [raw], len(raw),
+                                         md5=payload.etag)
         hint = payload.size_hint
         chunks = payload.__aiter__()
         buffered: list[bytes] = []
@@ -459,9 +466,9 @@ class S3Driver(BaseDriver):
         return min(size, MAX_PART_SIZE)
 
     async def _multipart(self, client: Any, key: str, payload: Payload,
-                         chunks: AsyncIterator[bytes], buffered: list[bytes], total: int
-                         ) -> ObjectInfo:
-        params = self._write_params(payload, None)
+                         chunks: AsyncIterator[bytes], buffered: list[bytes], total: int,
+                         md5: str | None = None) -> ObjectInfo:
+        params = self._write_params(payload, md5)
         try:
             created = await client.create_multipart_upload(Bucket=self._bucket, Key=key, **params)
         except Exception as exc:
@@ -538,9 +545,10 @@ class S3Driver(BaseDriver):
             if isinstance(exc, Exception) and not isinstance(exc, StorageError):
                 raise self._error(exc, key) from exc
             raise
-        # Record the MD5 (known only now) with a server-side copy onto itself, guarded so a
-        # concurrent writer's object is never touched.
-        await self._record_md5(client, key, payload, str(completed.get("ETag", "")))
+        if md5 is None:
+            # Record the MD5 (known only now) with a server-side copy onto itself, guarded so
+            # a concurrent writer's object is never touched.
+            await self._record_md5(client, key, payload, str(completed.get("ETag", "")))
         return self._written_info(key, payload, {})
 
     async def _abort(self, client: Any, key: str, upload_id: str) -> None:
@@ -813,6 +821,11 @@ class S3Driver(BaseDriver):
                                                  backend=self.name, cause=exc) from exc
             raise self._error(exc, None) from exc
         return {"endpoint": self.endpoint_url or "aws", "region": self.region}
+
+
+async def _nothing() -> AsyncIterator[bytes]:
+    return
+    yield b""  # pragma: no cover
 
 
 class R2Driver(S3Driver):

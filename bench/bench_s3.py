@@ -1,0 +1,197 @@
+"""S3 driver benchmark: ours vs raw aioboto3 calls on the same moto server.
+
+Run: .venv/bin/python bench/bench_s3.py [--small N] [--rounds R] [--big-mib M]
+
+Starts its own moto server on 127.0.0.1 (a free port). Workloads, each alternating ours and
+raw, median of the rounds:
+  * N x 4 KiB PutObject, sequential: ``S3Driver.upload`` vs ``client.put_object``
+  * N x 4 KiB GetObject, sequential: ``S3Driver.download`` vs ``get_object`` + ``Body.read()``
+  * a 256 MiB upload from an open file: ``S3Driver.upload`` (multipart) vs aioboto3's managed
+    ``upload_fileobj`` (s3transfer), with the peak RSS above the idle process.
+Prints a markdown table: workload | ours | raw aioboto3 | ratio (ours/raw time) | peak RSS.
+The raw client uses aioboto3's defaults apart from the endpoint, path addressing and SigV4;
+ours uses max_concurrency=10, the same part concurrency as upload_fileobj's default
+TransferConfig (both use 8 MiB parts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import MiB, PeakRSS
+
+os.environ.setdefault("LEX_LOGGING__LEVEL", "CRITICAL")
+os.environ.setdefault("LEX_QUIET", "1")
+os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+
+import aioboto3
+from botocore.config import Config
+
+from lexigram_storage.drivers.s3 import S3Driver
+
+KEY, SECRET, REGION = "bench", "bench-secret", "us-east-1"
+
+
+def start_moto() -> tuple[subprocess.Popen[bytes], str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
+                             str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(endpoint + "/moto-api/", timeout=1).close()
+            return proc, endpoint
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise RuntimeError("moto server did not start") from None
+            time.sleep(0.05)
+
+
+async def timed(fn: Callable[[], Awaitable[Any]]) -> float:
+    t0 = time.perf_counter()
+    await fn()
+    return time.perf_counter() - t0
+
+
+def make_big_file(big_mib: int) -> Path:
+    big = Path(tempfile.mkdtemp(prefix="bench-s3-")) / "big.bin"
+    with big.open("wb") as f:
+        for _ in range(big_mib):
+            f.write(os.urandom(MiB))
+    return big
+
+
+def remove(big: Path) -> None:
+    big.unlink(missing_ok=True)
+    big.parent.rmdir()
+
+
+async def main(n: int, rounds: int, big_mib: int, big: Path) -> None:
+    proc, endpoint = start_moto()
+    small = os.urandom(4096)
+    results: dict[str, dict[str, list[float]]] = {}
+    rss: dict[str, dict[str, int]] = {}
+    try:
+        cfg = Config(s3={"addressing_style": "path"}, signature_version="s3v4")
+        session = aioboto3.Session()
+        async with session.client("s3", endpoint_url=endpoint, region_name=REGION, config=cfg,
+                                  aws_access_key_id=KEY, aws_secret_access_key=SECRET) as raw, \
+                S3Driver("placeholder", region=REGION, access_key=KEY, secret_key=SECRET,
+                         endpoint_url=endpoint, addressing_style="path",
+                         max_concurrency=10, name="bench") as ours:
+            async def fresh_bucket() -> str:
+                name = f"bench-{uuid.uuid4().hex[:16]}"
+                await raw.create_bucket(Bucket=name)
+                return name
+
+            async def ours_put(bucket: str) -> None:
+                ours._bucket = bucket
+                for i in range(n):
+                    await ours.upload(f"small/{i:05d}.bin", small)
+
+            async def raw_put(bucket: str) -> None:
+                for i in range(n):
+                    await raw.put_object(Bucket=bucket, Key=f"small/{i:05d}.bin", Body=small,
+                                         ContentType="application/octet-stream")
+
+            async def ours_get(bucket: str) -> None:
+                ours._bucket = bucket
+                for i in range(n):
+                    await ours.download(f"small/{i:05d}.bin")
+
+            async def raw_get(bucket: str) -> None:
+                for i in range(n):
+                    response = await raw.get_object(Bucket=bucket, Key=f"small/{i:05d}.bin")
+                    async with response["Body"] as body:
+                        await body.read()
+
+            async def ours_big(bucket: str) -> None:
+                ours._bucket = bucket
+                with big.open("rb") as f:
+                    await ours.upload("big.bin", f)
+
+            async def raw_big(bucket: str) -> None:
+                with big.open("rb") as f:
+                    await raw.upload_fileobj(f, bucket, "big.bin")
+
+            # warm both clients (connections, service models)
+            warm = await fresh_bucket()
+            await ours_put(warm)
+            await raw_put(warm)
+
+            workloads: list[tuple[str, Callable[[str], Awaitable[None]],
+                                  Callable[[str], Awaitable[None]], bool, int]] = [
+                (f"{n} x 4 KiB PutObject, sequential", ours_put, raw_put, False, rounds),
+                (f"{n} x 4 KiB GetObject, sequential", ours_get, raw_get, False, rounds),
+                (f"{big_mib} MiB upload from a file (multipart vs upload_fileobj)",
+                 ours_big, raw_big, True, max(1, rounds - 1)),
+            ]
+            for label, ours_fn, raw_fn, measure_rss, runs in workloads:
+                times: dict[str, list[float]] = {"ours": [], "raw": []}
+                peaks: dict[str, int] = {"ours": 0, "raw": 0}
+                for r in range(runs):
+                    order = [("ours", ours_fn), ("raw", raw_fn)]
+                    if r % 2:
+                        order.reverse()
+                    for who, fn in order:
+                        bucket = await fresh_bucket()
+                        if "GetObject" in label:
+                            await raw_put(bucket)
+                        with PeakRSS() as peak:
+                            times[who].append(await timed(lambda fn=fn, b=bucket: fn(b)))
+                        peaks[who] = max(peaks[who], peak.above)
+                        if measure_rss:
+                            await raw.delete_object(Bucket=bucket, Key="big.bin")
+                results[label] = times
+                rss[label] = peaks if measure_rss else {}
+                print(f"  done: {label}", file=sys.stderr)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+    print(f"\nS3 driver vs raw aioboto3 on a local moto server ({os.cpu_count()} cores; median "
+          f"of {rounds} rounds, big upload median of {max(1, rounds - 1)}).\n")
+    print("| workload | ours | raw aioboto3 | ratio (ours/raw time) | peak RSS (ours / raw) |")
+    print("|---|---|---|---|---|")
+    for label, times in results.items():
+        ours_t, raw_t = statistics.median(times["ours"]), statistics.median(times["raw"])
+        if "MiB upload" in label:
+            ours_s = f"{ours_t:.2f} s ({big_mib / ours_t:.0f} MiB/s)"
+            raw_s = f"{raw_t:.2f} s ({big_mib / raw_t:.0f} MiB/s)"
+            peak = f"{rss[label]['ours'] / MiB:.0f} MiB / {rss[label]['raw'] / MiB:.0f} MiB"
+        else:
+            ours_s = f"{n / ours_t:.0f} ops/s"
+            raw_s = f"{n / raw_t:.0f} ops/s"
+            peak = "-"
+        print(f"| {label} | {ours_s} | {raw_s} | {ours_t / raw_t:.2f}x | {peak} |")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--small", type=int, default=500, help="number of 4 KiB objects")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--big-mib", type=int, default=256)
+    args = parser.parse_args()
+    big_file = make_big_file(args.big_mib)
+    try:
+        asyncio.run(main(args.small, args.rounds, args.big_mib, big_file))
+    finally:
+        remove(big_file)
