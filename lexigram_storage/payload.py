@@ -176,7 +176,7 @@ class Payload:
     """
 
     __slots__ = ("_check", "_iter", "_md5", "_raw", "backend", "key", "max_bytes", "request",
-                 "size", "size_hint")
+                 "size", "size_hint", "source_file")
 
     def __init__(
         self,
@@ -209,6 +209,10 @@ class Payload:
         else:
             self._raw = None
             self._iter, self.size_hint = _source(data, chunk_size, backend=backend)
+        #: the caller's binary file when its size is known upfront (seekable), else ``None``:
+        #: a driver may pre-read it (e.g. to hash it) as long as it restores the position
+        self.source_file: Any = data if self._raw is None and self.size_hint is not None \
+            else None
         if self.size_hint is not None:
             self._check_size(self.size_hint)
 

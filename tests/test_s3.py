@@ -426,3 +426,29 @@ async def test_io_bytes_and_sizes_known_upfront_use_one_put(store: S3Driver, s3_
     await store.upload("one.bin", io.BytesIO(raw))
     head = await s3_client.head_object(Bucket=s3_bucket, Key="one.bin")
     assert "-" not in head["ETag"]
+
+
+async def test_file_md5_known_upfront_or_recorded_after(store: S3Driver, s3_client: Any,
+                                                        s3_bucket: str, s3_server: S3Settings,
+                                                        tmp_path: Path) -> None:
+    """A seekable file is hashed before CreateMultipartUpload (no self-copy); if it changes
+    while it is read, the MD5 of the bytes actually sent is recorded afterwards."""
+
+    class Changing(io.BytesIO):
+        def getbuffer(self) -> memoryview:  # what the pre-hash sees differs from the upload
+            return memoryview(b"z" * len(super().getvalue()))
+
+    raw = os.urandom(6 * MiB)
+    path = tmp_path / "f.bin"
+    path.write_bytes(raw)
+    with path.open("rb") as f:
+        f.seek(MiB)  # the upload starts at the current position
+        info = await store.upload("pre/file.bin", f)
+    assert (info.size, info.etag) == (5 * MiB, md5(raw[MiB:]))
+    assert (await store.info("pre/file.bin")).etag == md5(raw[MiB:])
+    assert await store.download("pre/file.bin") == raw[MiB:]
+    info = await store.upload("pre/changing.bin", Changing(raw))
+    assert info.etag == md5(raw)
+    head = await s3_client.head_object(Bucket=s3_bucket, Key="pre/changing.bin")
+    assert head["Metadata"][MD5_METADATA_KEY] == md5(raw)
+    assert (await store.info("pre/changing.bin")).etag == md5(raw)

@@ -11,7 +11,9 @@ for multipart uploads or SSE-KMS objects, so the MD5 computed while the bytes pa
 the object metadata entry ``x-amz-meta-lexigram-md5`` (hidden from the user metadata). For a
 multipart upload of a file or a stream the MD5 is only known after the last part, so the
 finished object is copied onto itself server-side (guarded by ``CopySourceIfMatch``) to record
-it; in-memory payloads (bytes, str) have their MD5 upfront and need no copy.
+it. In-memory payloads (bytes, str) and seekable files have their MD5 upfront (files are
+hashed in a worker thread first, without moving their position) and need no copy; if a file
+changes while it is uploaded, the copy records the MD5 of what was actually sent.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import hashlib
 import math
+import os
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -404,6 +408,9 @@ class S3Driver(BaseDriver):
             return await self._multipart(client, key, payload, _nothing(), [raw], len(raw),
                                          md5=payload.etag)
         hint = payload.size_hint
+        known_md5 = None
+        if hint is not None and hint >= threshold and payload.source_file is not None:
+            known_md5 = await _prehash(payload.source_file, hint)
         chunks = payload.__aiter__()
         buffered: list[bytes] = []
         total = 0
@@ -414,7 +421,8 @@ class S3Driver(BaseDriver):
                     buffered.append(chunk)
                     total += len(chunk)
                     if total >= threshold:
-                        return await self._multipart(client, key, payload, chunks, buffered, total)
+                        return await self._multipart(client, key, payload, chunks, buffered,
+                                                     total, md5=known_md5)
             else:
                 buffered = [chunk async for chunk in chunks]
         finally:
@@ -545,9 +553,10 @@ class S3Driver(BaseDriver):
             if isinstance(exc, Exception) and not isinstance(exc, StorageError):
                 raise self._error(exc, key) from exc
             raise
-        if md5 is None:
-            # Record the MD5 (known only now) with a server-side copy onto itself, guarded so
-            # a concurrent writer's object is never touched.
+        if md5 != payload.etag:
+            # The MD5 is known only now (a stream, or a file that changed while it was read):
+            # record it with a server-side copy onto itself, guarded so a concurrent writer's
+            # object is never touched.
             await self._record_md5(client, key, payload, str(completed.get("ETag", "")))
         return self._written_info(key, payload, {})
 
@@ -821,6 +830,47 @@ class S3Driver(BaseDriver):
                                                  backend=self.name, cause=exc) from exc
             raise self._error(exc, None) from exc
         return {"endpoint": self.endpoint_url or "aws", "region": self.region}
+
+
+async def _prehash(source: Any, size: int) -> str | None:
+    """Hex MD5 of the next *size* bytes of a file, read in a worker thread without moving its
+    position (``os.pread``), or ``None`` when the file cannot be read that way. Knowing it
+    before ``CreateMultipartUpload`` saves the server-side copy that records it afterwards."""
+    try:
+        position = source.tell()
+    except (AttributeError, OSError, ValueError):
+        return None
+    try:
+        fd = source.fileno()
+    except (AttributeError, OSError, ValueError):
+        getbuffer = getattr(source, "getbuffer", None)  # io.BytesIO
+        if getbuffer is None:
+            return None
+        view = getbuffer()
+        try:
+            return await asyncio.to_thread(_md5_of, view[position:position + size])
+        finally:
+            view.release()
+    return await asyncio.to_thread(_md5_of_fd, fd, position, size)
+
+
+def _md5_of(data: Any) -> str:
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+def _md5_of_fd(fd: int, position: int, size: int) -> str | None:
+    digest = hashlib.md5(usedforsecurity=False)
+    end = position + size
+    try:
+        while position < end:
+            block = os.pread(fd, min(8 * MiB, end - position), position)
+            if not block:
+                return None
+            digest.update(block)
+            position += len(block)
+    except OSError:
+        return None
+    return digest.hexdigest()
 
 
 async def _nothing() -> AsyncIterator[bytes]:
