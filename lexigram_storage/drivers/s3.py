@@ -561,9 +561,22 @@ class S3Driver(BaseDriver):
         return self._written_info(key, payload, {})
 
     async def _abort(self, client: Any, key: str, upload_id: str) -> None:
-        """Abort a multipart upload, even while the caller is being cancelled."""
-        task = asyncio.ensure_future(client.abort_multipart_upload(
-            Bucket=self._bucket, Key=key, UploadId=upload_id))
+        """Abort a multipart upload, even while the caller is being cancelled.
+
+        As AWS advises, the abort is repeated until ``ListParts`` says the upload is gone: a
+        part request that was still in flight can land after the first abort."""
+        async def abort_until_gone() -> None:
+            for attempt in range(4):
+                with contextlib.suppress(boto_exc.ClientError):
+                    await client.abort_multipart_upload(
+                        Bucket=self._bucket, Key=key, UploadId=upload_id)
+                try:
+                    await client.list_parts(Bucket=self._bucket, Key=key, UploadId=upload_id)
+                except boto_exc.ClientError:
+                    return  # NoSuchUpload: nothing left behind
+                await asyncio.sleep(0.05 * (attempt + 1))
+
+        task = asyncio.ensure_future(abort_until_gone())
         try:
             await asyncio.shield(task)
         except asyncio.CancelledError:
