@@ -819,12 +819,16 @@ class LocalDriver(BaseDriver):
     async def _copy(self, src: str, dst: str) -> ObjectInfo:
         return await self._hop(self._copy_sync, src, dst)
 
-    def _copy_sync(self, src: str, dst: str) -> ObjectInfo:
+    def _open_source(self, src: str, dst: str) -> tuple[int, os.stat_result]:
+        """Open the source object of a copy or move (checking the target key first)."""
         self._reject_internal(dst)
         opened = self._open_object(src)
         if opened is None:
             raise StorageFileNotFoundError(backend=self.name, key=src)
-        sfd, st = opened
+        return opened
+
+    def _copy_sync(self, src: str, dst: str) -> ObjectInfo:
+        sfd, st = self._open_source(src, dst)
         try:
             meta = self._load_meta(sfd, st, src)
             if meta.etag is None:
@@ -845,11 +849,7 @@ class LocalDriver(BaseDriver):
         return await self._hop(self._move_sync, src, dst)
 
     def _move_sync(self, src: str, dst: str) -> ObjectInfo:
-        self._reject_internal(dst)
-        opened = self._open_object(src)
-        if opened is None:
-            raise StorageFileNotFoundError(backend=self.name, key=src)
-        sfd, st = opened
+        sfd, st = self._open_source(src, dst)
         try:
             meta = self._load_meta(sfd, st, src)
         finally:
