@@ -324,6 +324,16 @@ class LocalDriver(BaseDriver):
                 and (len(real) == len(self._internal_real) or real[len(self._internal_real)] == "/")):
             raise _Escape(real)
 
+    def _open_link_target(self, name: str, dir_fd: int, key: str) -> int:
+        """Open the directory a symlink *name* points to, refusing a target outside the root."""
+        child = os.open(name, _OPEN_DIR, dir_fd=dir_fd)
+        try:
+            self._check_fd(child, key)
+        except _Escape:
+            os.close(child)
+            raise self._escape_error(key) from None
+        return child
+
     def _escape_error(self, key: str | None) -> InvalidPathError:
         return InvalidPathError("the key resolves outside the storage root (symlink)",
                                 backend=self.name, key=key)
@@ -394,12 +404,7 @@ class LocalDriver(BaseDriver):
                     except NotADirectoryError:
                         current = _lstat_at(name, fd)
                         if current is not None and stat.S_ISLNK(current.st_mode):
-                            child = os.open(name, _OPEN_DIR, dir_fd=fd)  # check its target
-                            try:
-                                self._check_fd(child, key)
-                            except _Escape:
-                                os.close(child)
-                                raise self._escape_error(key) from None
+                            child = self._open_link_target(name, fd, key)
                             break
                         # an object has this name: it moves beside the new directory
                         with contextlib.suppress(FileNotFoundError, IsADirectoryError):
@@ -410,12 +415,7 @@ class LocalDriver(BaseDriver):
                     except OSError as exc:
                         if exc.errno != errno.ELOOP:
                             raise
-                        child = os.open(name, _OPEN_DIR, dir_fd=fd)  # symlink: check target
-                        try:
-                            self._check_fd(child, key)
-                        except _Escape:
-                            os.close(child)
-                            raise self._escape_error(key) from None
+                        child = self._open_link_target(name, fd, key)
                     break
                 else:  # pragma: no cover - pathological contention
                     raise OSError(errno.EAGAIN, "could not create the parent directory", name)
