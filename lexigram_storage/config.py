@@ -280,8 +280,7 @@ class StorageConfig(BaseSettings):
         primaries = [b.name for b in self.backends if b.primary]
         if len(primaries) > 1:
             raise ValueError(f"more than one primary backend: {primaries}; mark only one primary")
-        if not self.backends and self.default_driver != "memory" \
-                and self.default_driver != "local" \
+        if not self.backends and self.default_driver not in ("memory", "local") \
                 and getattr(self.drivers, self.default_driver) is None:
             raise ValueError(
                 f"default_driver is {self.default_driver!r} but drivers.{self.default_driver} "

@@ -294,10 +294,8 @@ def _as_bytes(chunk: Any, backend: str) -> bytes:
 
 
 def _source(data: Any, chunk_size: int, *, backend: str) -> tuple[AsyncIterator[bytes], int | None]:
-    """An async chunk iterator over *data* and its exact size when known upfront."""
-    if isinstance(data, bytes | bytearray | memoryview | str):
-        raw = _as_bytes(data, backend)
-        return _one(raw), len(raw)
+    """An async chunk iterator over a file object or iterator *data* (in-memory payloads are
+    handled by ``Payload`` itself) and its exact size when known upfront."""
     read = getattr(data, "read", None)
     if read is not None:
         if inspect.iscoroutinefunction(read):

@@ -193,10 +193,8 @@ class StorageProvider(Provider):
 async def _optional(container: Any, key: type) -> Any:
     if not container.has(key):
         return None
-    try:
-        return await container.resolve(key, bypass_visibility=True)
-    except TypeError:
-        return await container.resolve(key)
+    # bound by another module (events, testing): not necessarily exported to ours
+    return await container.resolve(key, bypass_visibility=True)
 
 
 async def _config_from_app(container: Any) -> StorageConfig:

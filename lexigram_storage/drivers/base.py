@@ -150,10 +150,11 @@ class BaseDriver:
             if cut < 0:
                 files.append(info)
             else:
+                # keys come in order, so equal common prefixes are adjacent and sorted
                 common = prefix + rest[: cut + len(delimiter)]
                 if not prefixes or prefixes[-1] != common:
                     prefixes.append(common)
-        return DirListing(files=files, prefixes=sorted(set(prefixes)))
+        return DirListing(files=files, prefixes=prefixes)
 
     def _url(self, key: str) -> str:
         return f"{self.driver}://{quote(self.bucket, safe='')}/{quote(key)}"
