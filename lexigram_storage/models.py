@@ -13,7 +13,7 @@ __all__ = ["DirListing", "ObjectInfo"]
 class ObjectInfo(FileInfo):
     """A :class:`FileInfo` that also carries the object's ``Cache-Control`` value.
 
-    ``etag`` is the hex MD5 of the content; ``metadata`` is a fresh dict on every call
+    ``etag`` is the hex SHA-256 of the content; ``metadata`` is a fresh dict on every call
     (lower-cased keys, str values), never the driver's stored state.
     """
 

@@ -18,7 +18,7 @@ Layout
 Atomicity
     Every write goes to a temp file in ``staging/`` (created with mode ``0o666 & ~umask``), gets
     its metadata (the ``user.lexigram`` extended attribute: content type, user metadata, cache
-    control, MD5 etag) and is renamed into place; create-only writes hard-link instead, which
+    control, SHA-256 etag) and is renamed into place; create-only writes hard-link instead, which
     fails if the name exists. A failed, rejected or cancelled upload unlinks its temp file;
     stale temp files of a killed process are removed by ``prepare()``. ``copy`` writes a temp
     copy and renames it; ``move`` is a rename (the metadata travels with the inode).
@@ -79,7 +79,7 @@ from lexigram_storage.errors import (
 from lexigram_storage.events import StorageEvents
 from lexigram_storage.keys import validate_key
 from lexigram_storage.models import ObjectInfo
-from lexigram_storage.payload import Payload, UploadPolicy, guess_content_type
+from lexigram_storage.payload import Payload, UploadPolicy, digest_fd, guess_content_type
 from lexigram_storage.registry import DriverContext
 
 __all__ = ["INTERNAL_DIR", "LocalDriver"]
@@ -832,7 +832,7 @@ class LocalDriver(BaseDriver):
         try:
             meta = self._load_meta(sfd, st, src)
             if meta.etag is None:
-                meta.etag = _md5_fd(sfd)
+                meta.etag = digest_fd(sfd)
             meta.created = time.time()
             state = _Temp()
             state.fd, state.path = self._new_temp()
@@ -1198,17 +1198,6 @@ def _copy_fd(src: int, dst: int, size: int) -> None:
         view = memoryview(data)
         while view:
             view = view[os.write(dst, view):]
-        offset += len(data)
-
-
-def _md5_fd(fd: int) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    offset = 0
-    while True:
-        data = os.pread(fd, _BLOCK, offset)
-        if not data:
-            return digest.hexdigest()
-        digest.update(data)
         offset += len(data)
 
 

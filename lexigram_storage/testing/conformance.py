@@ -62,8 +62,9 @@ BAD_KEYS = ["", "/abs", "a/../b", "../x", "./a", "a/./b", "a//b", "a/", "a\\b", 
             "tab\there", "x" * 1025, "é" * 513]
 
 
-def md5(data: bytes) -> str:
-    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+def etag_of(data: bytes) -> str:
+    """The etag every driver must report for *data* (its hex SHA-256)."""
+    return hashlib.sha256(data).hexdigest()
 
 
 async def agen(chunks: list[bytes]) -> AsyncIterator[bytes]:
@@ -151,7 +152,7 @@ class DriverConformance:
         assert isinstance(info, FileInfo)
         assert info.path == f"kinds/{kind}.bin"
         assert info.size == len(expected)
-        assert info.etag == md5(expected)
+        assert info.etag == etag_of(expected)
         assert await store.download(f"kinds/{kind}.bin") == expected
         assert b"".join([c async for c in store.stream(f"kinds/{kind}.bin")]) == expected
 
@@ -160,7 +161,7 @@ class DriverConformance:
         chunks = [raw[i:i + 65536] for i in range(0, len(raw), 65536)]
         info = await store.upload("big/three-mib.bin", agen(chunks))
         assert info.size == len(raw)
-        assert info.etag == md5(raw)
+        assert info.etag == etag_of(raw)
         assert await store.download("big/three-mib.bin") == raw
 
     async def test_overwrite_replaces_content_and_metadata(self, store: BaseDriver) -> None:
@@ -169,7 +170,7 @@ class DriverConformance:
         info = await store.info("o.txt")
         assert await store.download("o.txt") == b"second"
         assert info.size == 6
-        assert info.etag == md5(b"second")
+        assert info.etag == etag_of(b"second")
         assert not info.metadata
         assert getattr(info, "cache_control", None) is None
 
@@ -179,7 +180,7 @@ class DriverConformance:
         assert info.path == "info/file.json"
         assert info.size == 8
         assert info.content_type == "application/json"
-        assert info.etag == up.etag == md5(b'{"a": 1}')
+        assert info.etag == up.etag == etag_of(b'{"a": 1}')
         assert isinstance(info.last_modified, datetime)
         assert info.last_modified.tzinfo is not None
 
@@ -327,7 +328,12 @@ class DriverConformance:
         data = b"payload" * 1000
         sha = hashlib.sha256(data).hexdigest()
         assert (await store.upload("c.bin", data, checksum=f"sha256:{sha}")).size == len(data)
-        assert (await store.upload("d.bin", agen([data]), checksum=md5(data))).size == len(data)
+        # a bare hex digest: its length names the algorithm
+        assert (await store.upload("d.bin", agen([data]), checksum=etag_of(data))).size == len(data)
+        md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
+        assert (await store.upload("f.bin", io.BytesIO(data), checksum=md5)).size == len(data)
+        with pytest.raises(ValueError, match="sha256:<hex>"):
+            await store.upload("g.bin", data, checksum="abc123")
         with pytest.raises(ChecksumMismatchError) as exc:
             await store.upload("c.bin", agen([b"other", b"bytes"]), checksum=f"sha256:{sha}")
         assert exc.value.code == "LEX_ERR_STORE_006"
@@ -335,6 +341,7 @@ class DriverConformance:
             await store.upload("e.bin", b"x", checksum="md5:" + "0" * 32)
         assert await store.download("c.bin") == data
         assert not await store.exists("e.bin")
+        assert not await store.exists("g.bin")
 
     # ------------------------------------------------------------ listing
 
@@ -361,7 +368,7 @@ class DriverConformance:
         await store.upload("l/a.png", b"abc", metadata={"k": "v"})
         [item] = [i async for i in store.list("l/")]
         assert item.size == 3
-        assert item.etag == md5(b"abc")
+        assert item.etag == etag_of(b"abc")
         assert item.content_type == "image/png"
         assert item.metadata == {"k": "v"}
 
@@ -438,7 +445,7 @@ class DriverConformance:
         assert stored.content_type == "text/csv"
         assert stored.metadata == {"m": "1"}
         assert getattr(stored, "cache_control", None) == "no-store"
-        assert stored.etag == md5(b"data")
+        assert stored.etag == etag_of(b"data")
         assert await store.download("dst.dat") == b"data"
         assert await store.download("src.dat") == b"data"
 
@@ -521,7 +528,7 @@ class DriverConformance:
                                for b in bodies))
         data = await store.download("hot.bin")
         assert data in bodies
-        assert (await store.info("hot.bin")).etag == md5(data)
+        assert (await store.info("hot.bin")).etag == etag_of(data)
 
     async def test_many_concurrent_uploads(self, store: BaseDriver) -> None:
         await asyncio.gather(*(store.upload(f"many/{i:03d}.bin", os.urandom(100))
@@ -571,7 +578,7 @@ class DriverConformance:
         assert [(e.file_key, e.size_bytes) for e in up] == [
             ("ev/a.txt", 3), ("ev/b.txt", 3), ("ev/c.txt", 3), ("ev/d.txt", 1)]
         assert all(e.bucket == store.bucket and e.backend == store.name for e in up)
-        assert up[0].etag == md5(b"abc")
+        assert up[0].etag == etag_of(b"abc")
         assert up[0].content_type == "text/plain"
         down = events.of(FileDownloadedEvent)
         assert [(e.file_key, e.size_bytes) for e in down] == [("ev/a.txt", 3), ("ev/a.txt", 3)]
