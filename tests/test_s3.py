@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import io
 import os
@@ -17,7 +18,7 @@ from lexigram.contracts.core.health import HealthStatus
 from lexigram.contracts.infra.storage import StorageUnsupportedOperationError
 
 from lexigram_storage.config import EncryptionConfig
-from lexigram_storage.drivers.s3 import MD5_METADATA_KEY, MiB, R2Driver, S3Driver
+from lexigram_storage.drivers.s3 import DIGEST_METADATA_KEY, MiB, R2Driver, S3Driver
 from lexigram_storage.errors import (
     ChecksumMismatchError,
     PreconditionFailedError,
@@ -29,7 +30,12 @@ from lexigram_storage.errors import (
 from tests.emulators import S3Settings, create_bucket
 
 
-def md5(data: bytes) -> str:
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def s3_md5_etag(data: bytes) -> str:
+    """S3's own ETag of a single-PUT object (not ours: ours is the SHA-256)."""
     return hashlib.md5(data, usedforsecurity=False).hexdigest()
 
 
@@ -78,12 +84,12 @@ async def test_multipart_from_bytes(store: S3Driver, s3_client: Any, s3_bucket: 
     info = await store.upload("mp/bytes.bin", raw, "application/x-test", metadata={"a": "1"},
                               cache_control="no-cache")
     assert info.size == len(raw)
-    assert info.etag == md5(raw)
+    assert info.etag == sha256(raw)
     head = await s3_client.head_object(Bucket=s3_bucket, Key="mp/bytes.bin")
     assert part_uploads(s3_server, s3_bucket, "mp/bytes.bin") == 4  # 3 x 5 MiB + 2 MiB
-    assert head["Metadata"][MD5_METADATA_KEY] == md5(raw)
+    assert head["Metadata"][DIGEST_METADATA_KEY] == sha256(raw)
     stored = await store.info("mp/bytes.bin")
-    assert stored.etag == md5(raw)
+    assert stored.etag == sha256(raw)
     assert stored.metadata == {"a": "1"}
     assert stored.content_type == "application/x-test"
     assert stored.cache_control == "no-cache"
@@ -95,7 +101,7 @@ async def test_multipart_from_async_iterator_of_small_chunks(
         store: S3Driver, s3_client: Any, s3_bucket: str, s3_server: S3Settings) -> None:
     raw = os.urandom(12 * MiB + 12345)
     info = await store.upload("mp/iter.bin", chunked(raw, 64 * 1024))
-    assert (info.size, info.etag) == (len(raw), md5(raw))
+    assert (info.size, info.etag) == (len(raw), sha256(raw))
     assert part_uploads(s3_server, s3_bucket, "mp/iter.bin") == 3  # 64 KiB chunks -> 5+5+2 MiB
     got = b"".join([c async for c in store.stream("mp/iter.bin", chunk_size=MiB)])
     assert got == raw
@@ -110,11 +116,11 @@ async def test_multipart_from_64_mib_file(s3_server: S3Settings, s3_bucket: str,
                            multipart_chunk_size=8 * MiB, max_concurrency=4) as driver:
         with path.open("rb") as f:
             info = await driver.upload("mp/file.bin", f)
-        assert (info.size, info.etag) == (len(raw), md5(raw))
+        assert (info.size, info.etag) == (len(raw), sha256(raw))
         assert part_uploads(s3_server, s3_bucket, "mp/file.bin") == 8
         head = await s3_client.head_object(Bucket=s3_bucket, Key="mp/file.bin")
         assert head["ContentLength"] == len(raw)
-        assert (await driver.info("mp/file.bin")).etag == md5(raw)
+        assert (await driver.info("mp/file.bin")).etag == sha256(raw)
         assert await driver.download("mp/file.bin") == raw
     assert await uploads_in_progress(s3_client, s3_bucket) == []
 
@@ -124,7 +130,7 @@ async def test_small_unknown_size_stream_is_one_put(store: S3Driver, s3_client: 
     raw = os.urandom(MiB)
     await store.upload("small.bin", chunked(raw, 1000))
     head = await s3_client.head_object(Bucket=s3_bucket, Key="small.bin")
-    assert head["ETag"].strip('"') == md5(raw)
+    assert head["ETag"].strip('"') == s3_md5_etag(raw)
 
 
 def test_part_size_grows_to_stay_under_10000_parts() -> None:
@@ -207,15 +213,15 @@ async def test_copy_is_server_side_and_multipart_above_the_limit(
         await driver.upload("c/src.bin", raw, "image/png", metadata={"k": "v"},
                             cache_control="max-age=5")
         small = await driver.copy("c/src.bin", "c/plain.bin")
-        assert small.etag == md5(raw)
+        assert small.etag == sha256(raw)
         driver.max_single_copy = 5 * MiB  # force the multipart copy (used above 5 GiB)
         driver.copy_part_size = 5 * MiB
         info = await driver.copy("c/src.bin", "c/dst.bin")
-        assert info.etag == md5(raw)
+        assert info.etag == sha256(raw)
         assert head_etag_parts(await s3_client.head_object(Bucket=s3_bucket, Key="c/dst.bin")) == 3
         stored = await driver.info("c/dst.bin")
         assert (stored.content_type, stored.metadata, stored.cache_control, stored.etag) == \
-            ("image/png", {"k": "v"}, "max-age=5", md5(raw))
+            ("image/png", {"k": "v"}, "max-age=5", sha256(raw))
         assert await driver.download("c/dst.bin") == raw
         with pytest.raises(StorageFileNotFoundError):
             await driver.copy("c/none.bin", "c/x.bin")
@@ -428,11 +434,11 @@ async def test_io_bytes_and_sizes_known_upfront_use_one_put(store: S3Driver, s3_
     assert "-" not in head["ETag"]
 
 
-async def test_file_md5_known_upfront_or_recorded_after(store: S3Driver, s3_client: Any,
+async def test_file_digest_known_upfront_or_recorded_after(store: S3Driver, s3_client: Any,
                                                         s3_bucket: str, s3_server: S3Settings,
                                                         tmp_path: Path) -> None:
     """A seekable file is hashed before CreateMultipartUpload (no self-copy); if it changes
-    while it is read, the MD5 of the bytes actually sent is recorded afterwards."""
+    while it is read, the digest of the bytes actually sent is recorded afterwards."""
 
     class Changing(io.BytesIO):
         def getbuffer(self) -> memoryview:  # what the pre-hash sees differs from the upload
@@ -444,11 +450,51 @@ async def test_file_md5_known_upfront_or_recorded_after(store: S3Driver, s3_clie
     with path.open("rb") as f:
         f.seek(MiB)  # the upload starts at the current position
         info = await store.upload("pre/file.bin", f)
-    assert (info.size, info.etag) == (5 * MiB, md5(raw[MiB:]))
-    assert (await store.info("pre/file.bin")).etag == md5(raw[MiB:])
+    assert (info.size, info.etag) == (5 * MiB, sha256(raw[MiB:]))
+    assert (await store.info("pre/file.bin")).etag == sha256(raw[MiB:])
     assert await store.download("pre/file.bin") == raw[MiB:]
     info = await store.upload("pre/changing.bin", Changing(raw))
-    assert info.etag == md5(raw)
+    assert info.etag == sha256(raw)
     head = await s3_client.head_object(Bucket=s3_bucket, Key="pre/changing.bin")
-    assert head["Metadata"][MD5_METADATA_KEY] == md5(raw)
-    assert (await store.info("pre/changing.bin")).etag == md5(raw)
+    assert head["Metadata"][DIGEST_METADATA_KEY] == sha256(raw)
+    assert (await store.info("pre/changing.bin")).etag == sha256(raw)
+
+
+async def test_single_put_sends_the_sha256_checksum_header(store: S3Driver, s3_client: Any,
+                                                           s3_bucket: str) -> None:
+    """The digest goes out as x-amz-checksum-sha256 (base64 of the raw SHA-256), which the
+    server checks the body against, instead of botocore's default CRC32 and Content-MD5."""
+    sent: list[dict[str, str]] = []
+
+    def capture(request: Any, **_: Any) -> None:
+        sent.append({k.lower(): v.decode() if isinstance(v, bytes) else str(v)
+                     for k, v in request.headers.items()})
+
+    client = await store._get_client()
+    client.meta.events.register("before-send.s3.PutObject", capture)
+    try:
+        raw = os.urandom(1000)
+        info = await store.upload("ck/one.bin", raw)
+    finally:
+        client.meta.events.unregister("before-send.s3.PutObject", capture)
+    assert info.etag == sha256(raw)
+    assert len(sent) == 1
+    assert sent[0]["x-amz-checksum-sha256"] == base64.b64encode(hashlib.sha256(raw).digest()).decode()
+    assert "content-md5" not in sent[0] and "x-amz-checksum-crc32" not in sent[0]
+    head = await s3_client.head_object(Bucket=s3_bucket, Key="ck/one.bin")
+    assert head["Metadata"] == {DIGEST_METADATA_KEY: sha256(raw)}
+
+
+async def test_digest_entries_are_hidden_from_user_metadata(store: S3Driver, s3_client: Any,
+                                                            s3_bucket: str) -> None:
+    """Our entry cannot be spoofed through user metadata, and the MD5 entry that earlier
+    versions wrote is hidden too (such objects report S3's own ETag)."""
+    raw = b"old object"
+    info = await store.upload("meta/spoof.txt", raw, metadata={DIGEST_METADATA_KEY: "f" * 64})
+    assert info.etag == sha256(raw) and info.metadata == {}
+    assert (await store.info("meta/spoof.txt")).etag == sha256(raw)
+    await s3_client.put_object(Bucket=s3_bucket, Key="meta/legacy.txt", Body=raw,
+                               Metadata={"lexigram-md5": s3_md5_etag(raw), "owner": "me"})
+    legacy = await store.info("meta/legacy.txt")
+    assert legacy.metadata == {"owner": "me"}
+    assert legacy.etag == s3_md5_etag(raw)

@@ -6,25 +6,24 @@ multipart upload that coalesces incoming chunks into parts of at least 5 MiB, gr
 size to stay under 10,000 parts and keeps at most ``max_concurrency`` parts in flight. Any
 failure or cancellation aborts the multipart upload.
 
-``FileInfo.etag`` is the hex MD5 of the content on every driver. S3's own ETag is not an MD5
-for multipart uploads or SSE-KMS objects, so the MD5 computed while the bytes pass is stored in
-the object metadata entry ``x-amz-meta-lexigram-md5`` (hidden from the user metadata). For a
-multipart upload of a file or a stream the MD5 is only known after the last part, so the
-finished object is copied onto itself server-side (guarded by ``CopySourceIfMatch``) to record
-it. In-memory payloads (bytes, str) and seekable files have their MD5 upfront (files are
-hashed in a worker thread first, without moving their position) and need no copy; if a file
-changes while it is uploaded, the copy records the MD5 of what was actually sent.
+``FileInfo.etag`` is the hex SHA-256 of the content on every driver. S3's own ETag is an MD5
+at best (and not even that for multipart uploads or SSE-KMS objects), so the SHA-256 computed
+while the bytes pass is stored in the object metadata entry ``x-amz-meta-lexigram-sha256``
+(hidden from the user metadata). A single PutObject also sends it as ``x-amz-checksum-sha256``,
+so the server verifies the body against it. For a multipart upload of a stream the digest is
+only known after the last part, so the finished object is copied onto itself server-side
+(guarded by ``CopySourceIfMatch``) to record it. In-memory payloads (bytes, str) and seekable
+files have their digest upfront (files are hashed in a worker thread first, without moving
+their position) and need no copy; if a file changes while it is uploaded, the copy records the
+digest of what was actually sent.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import contextlib
-import hashlib
 import math
-import os
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -47,7 +46,7 @@ from lexigram_storage.errors import (
 )
 from lexigram_storage.events import StorageEvents
 from lexigram_storage.models import DirListing, ObjectInfo
-from lexigram_storage.payload import Payload, UploadPolicy
+from lexigram_storage.payload import Payload, UploadPolicy, content_digest, digest_fd
 from lexigram_storage.registry import DriverContext
 
 try:
@@ -61,15 +60,18 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         'The s3/r2 drivers need aioboto3: pip install "lexigram_storage[s3]"', name=exc.name,
     ) from exc
 
-__all__ = ["MD5_METADATA_KEY", "R2Driver", "S3Driver"]
+__all__ = ["DIGEST_METADATA_KEY", "R2Driver", "S3Driver"]
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 MIN_PART_SIZE = 5 * MiB
 MAX_PART_SIZE = 5 * GiB
 MAX_PARTS = 10_000
-#: the user-metadata entry holding the hex MD5 of the content (x-amz-meta-lexigram-md5)
-MD5_METADATA_KEY = "lexigram-md5"
+#: the user-metadata entry holding the hex SHA-256 of the content (x-amz-meta-lexigram-sha256)
+DIGEST_METADATA_KEY = "lexigram-sha256"
+#: the entry written by earlier versions (hex MD5): hidden from the user metadata too
+_LEGACY_DIGEST_KEY = "lexigram-md5"
+_RESERVED_METADATA = (DIGEST_METADATA_KEY, _LEGACY_DIGEST_KEY)
 _NOT_FOUND = frozenset({"NoSuchKey", "404", "NotFound"})
 _NO_BUCKET = frozenset({"NoSuchBucket"})
 _DENIED = frozenset({"AccessDenied", "403", "Forbidden", "InvalidAccessKeyId",
@@ -370,8 +372,9 @@ class S3Driver(BaseDriver):
 
     def _info_from_head(self, key: str, head: dict[str, Any]) -> ObjectInfo:
         raw_meta = dict(head.get("Metadata") or {})
-        md5 = raw_meta.pop(MD5_METADATA_KEY, None)
-        etag = md5 or str(head.get("ETag") or "").strip('"') or None
+        digest = raw_meta.pop(DIGEST_METADATA_KEY, None)
+        raw_meta.pop(_LEGACY_DIGEST_KEY, None)
+        etag = digest or str(head.get("ETag") or "").strip('"') or None
         modified = head.get("LastModified")
         modified = modified.astimezone(UTC) if isinstance(modified, datetime) else datetime.now(UTC)
         return ObjectInfo(
@@ -384,12 +387,11 @@ class S3Driver(BaseDriver):
             cache_control=head.get("CacheControl"),
         )
 
-    def _write_params(self, payload: Payload, md5: str | None) -> dict[str, Any]:
+    def _write_params(self, payload: Payload, digest: str | None) -> dict[str, Any]:
         request = payload.request
-        metadata = dict(request.metadata)
-        metadata.pop(MD5_METADATA_KEY, None)
-        if md5 is not None:
-            metadata[MD5_METADATA_KEY] = md5
+        metadata = _user_metadata(request.metadata)
+        if digest is not None:
+            metadata[DIGEST_METADATA_KEY] = digest
         params: dict[str, Any] = {"ContentType": request.content_type, "Metadata": metadata}
         if request.cache_control:
             params["CacheControl"] = request.cache_control
@@ -401,16 +403,16 @@ class S3Driver(BaseDriver):
     async def _write(self, key: str, payload: Payload) -> ObjectInfo:
         client = await self._get_client()
         threshold = self.multipart_threshold
-        raw = payload.take_bytes()  # in-memory payloads: checked at once, MD5 known upfront
+        raw = payload.take_bytes()  # in-memory payloads: checked at once, digest known upfront
         if raw is not None:
             if len(raw) < threshold:
                 return await self._put_single(client, key, payload, raw)
             return await self._multipart(client, key, payload, _nothing(), [raw], len(raw),
-                                         md5=payload.etag)
+                                         digest=payload.etag)
         hint = payload.size_hint
-        known_md5 = None
+        known_digest = None
         if hint is not None and hint >= threshold and payload.source_file is not None:
-            known_md5 = await _prehash(payload.source_file, hint)
+            known_digest = await _prehash(payload.source_file, hint)
         chunks = payload.__aiter__()
         buffered: list[bytes] = []
         total = 0
@@ -422,7 +424,7 @@ class S3Driver(BaseDriver):
                     total += len(chunk)
                     if total >= threshold:
                         return await self._multipart(client, key, payload, chunks, buffered,
-                                                     total, md5=known_md5)
+                                                     total, digest=known_digest)
             else:
                 buffered = [chunk async for chunk in chunks]
         finally:
@@ -434,9 +436,10 @@ class S3Driver(BaseDriver):
 
     async def _put_single(self, client: Any, key: str, payload: Payload, body: bytes
                           ) -> ObjectInfo:
-        md5 = payload.etag
-        params = self._write_params(payload, md5)
-        params["ContentMD5"] = base64.b64encode(binascii.unhexlify(md5)).decode()
+        digest = payload.etag
+        params = self._write_params(payload, digest)
+        # the server checks the body against it (and skips botocore's default CRC32)
+        params["ChecksumSHA256"] = base64.b64encode(bytes.fromhex(digest)).decode()
         if payload.request.create_only:
             params["IfNoneMatch"] = "*"
         try:
@@ -458,7 +461,7 @@ class S3Driver(BaseDriver):
             last_modified=modified.astimezone(UTC) if isinstance(modified, datetime)
             else datetime.now(UTC),
             etag=payload.etag,
-            metadata=dict(request.metadata),
+            metadata=_user_metadata(request.metadata),
             cache_control=request.cache_control,
         )
 
@@ -475,8 +478,8 @@ class S3Driver(BaseDriver):
 
     async def _multipart(self, client: Any, key: str, payload: Payload,
                          chunks: AsyncIterator[bytes], buffered: list[bytes], total: int,
-                         md5: str | None = None) -> ObjectInfo:
-        params = self._write_params(payload, md5)
+                         digest: str | None = None) -> ObjectInfo:
+        params = self._write_params(payload, digest)
         try:
             created = await client.create_multipart_upload(Bucket=self._bucket, Key=key, **params)
         except Exception as exc:
@@ -553,11 +556,11 @@ class S3Driver(BaseDriver):
             if isinstance(exc, Exception) and not isinstance(exc, StorageError):
                 raise self._error(exc, key) from exc
             raise
-        if md5 != payload.etag:
-            # The MD5 is known only now (a stream, or a file that changed while it was read):
+        if digest != payload.etag:
+            # The digest is known only now (a stream, or a file that changed while it was read):
             # record it with a server-side copy onto itself, guarded so a concurrent writer's
             # object is never touched.
-            await self._record_md5(client, key, payload, str(completed.get("ETag", "")))
+            await self._record_digest(client, key, payload, str(completed.get("ETag", "")))
         return self._written_info(key, payload, {})
 
     async def _abort(self, client: Any, key: str, upload_id: str) -> None:
@@ -586,7 +589,7 @@ class S3Driver(BaseDriver):
         except Exception:  # the upload expires by lifecycle rules; the original error wins
             return
 
-    async def _record_md5(self, client: Any, key: str, payload: Payload, etag: str) -> None:
+    async def _record_digest(self, client: Any, key: str, payload: Payload, etag: str) -> None:
         params = self._write_params(payload, payload.etag)
         try:
             await self._server_copy(client, key, key, payload.size, params, if_match=etag)
@@ -845,9 +848,16 @@ class S3Driver(BaseDriver):
         return {"endpoint": self.endpoint_url or "aws", "region": self.region}
 
 
+def _user_metadata(metadata: dict[str, str]) -> dict[str, str]:
+    """A copy of *metadata* without the entries reserved for the driver."""
+    if not metadata:
+        return {}
+    return {k: v for k, v in metadata.items() if k not in _RESERVED_METADATA}
+
+
 async def _prehash(source: Any, size: int) -> str | None:
-    """Hex MD5 of the next *size* bytes of a file, read in a worker thread without moving its
-    position (``os.pread``), or ``None`` when the file cannot be read that way. Knowing it
+    """Hex SHA-256 of the next *size* bytes of a file, read in a worker thread without moving
+    its position (``os.pread``), or ``None`` when the file cannot be read that way. Knowing it
     before ``CreateMultipartUpload`` saves the server-side copy that records it afterwards."""
     try:
         position = source.tell()
@@ -861,29 +871,13 @@ async def _prehash(source: Any, size: int) -> str | None:
             return None
         view = getbuffer()
         try:
-            return await asyncio.to_thread(_md5_of, view[position:position + size])
+            return await asyncio.to_thread(content_digest, view[position:position + size])
         finally:
             view.release()
-    return await asyncio.to_thread(_md5_of_fd, fd, position, size)
-
-
-def _md5_of(data: Any) -> str:
-    return hashlib.md5(data, usedforsecurity=False).hexdigest()
-
-
-def _md5_of_fd(fd: int, position: int, size: int) -> str | None:
-    digest = hashlib.md5(usedforsecurity=False)
-    end = position + size
     try:
-        while position < end:
-            block = os.pread(fd, min(8 * MiB, end - position), position)
-            if not block:
-                return None
-            digest.update(block)
-            position += len(block)
+        return await asyncio.to_thread(digest_fd, fd, position, size)
     except OSError:
         return None
-    return digest.hexdigest()
 
 
 async def _nothing() -> AsyncIterator[bytes]:
