@@ -17,8 +17,10 @@ MAX_KEY_BYTES = 1024
 
 # C0 controls, DEL and C1 controls.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-# Fast path: plain printable ASCII keys with no dot-segments, no doubled or edge slashes.
-_SIMPLE = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_\-.+=@,:~!$&'()*;% ]*(?:/[A-Za-z0-9_\-.+=@,:~!$&'()*;% ]+)*")
+# Fast path: printable ASCII segments, none empty, none "." or "..", no edge slashes.
+_SEGMENT = r"(?!\.\.?(?:/|$))[A-Za-z0-9_\-.+=@,:~!$&'()*;% ]+"
+_SIMPLE = re.compile(rf"{_SEGMENT}(?:/{_SEGMENT})*")
+_simple = _SIMPLE.fullmatch
 
 
 def _problem(key: str, *, prefix: bool) -> str | None:
@@ -47,10 +49,8 @@ def _problem(key: str, *, prefix: bool) -> str | None:
 
 def validate_key(key: str, backend: str | None = None) -> str:
     """Return *key* unchanged if it is a valid object key, else raise ``InvalidPathError``."""
-    if type(key) is str and _SIMPLE.fullmatch(key) and len(key) <= MAX_KEY_BYTES:
-        segments = key.split("/")
-        if "." not in segments and ".." not in segments and not key.endswith("/"):
-            return key
+    if type(key) is str and len(key) <= MAX_KEY_BYTES and _simple(key):
+        return key  # ASCII only, so characters are bytes
     problem = _problem(key, prefix=False)
     if problem is not None:
         raise InvalidPathError(f"invalid key: {problem}", backend=backend, key=str(key))

@@ -128,8 +128,6 @@ class UploadRequest:
         backend: str,
         extra_allowed: frozenset[str] = frozenset(),
     ) -> UploadRequest:
-        if not options and (content_type is None or type(content_type) is str):
-            return cls(content_type=content_type or guess_content_type(key))  # the common case
         opts = dict(options)
         base = content_type if isinstance(content_type, UploadOptions) else None
         if content_type is not None and base is None and not isinstance(content_type, str):

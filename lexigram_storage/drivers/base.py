@@ -30,7 +30,7 @@ from lexigram_storage.errors import (
 from lexigram_storage.events import NO_EVENTS, StorageEvents
 from lexigram_storage.keys import validate_key, validate_prefix
 from lexigram_storage.models import DirListing, ObjectInfo
-from lexigram_storage.payload import Payload, UploadPolicy, UploadRequest
+from lexigram_storage.payload import Payload, UploadPolicy, UploadRequest, guess_content_type
 
 if TYPE_CHECKING:
     from lexigram_storage.config import NamedStorageConfig
@@ -249,8 +249,11 @@ class BaseDriver:
         a guess from the key's extension, else ``application/octet-stream``.
         """
         key = validate_key(path, self.name)
-        request = UploadRequest.build(key, content_type, options, backend=self.name,
-                                      extra_allowed=self.extra_upload_options)
+        if not options and (content_type is None or type(content_type) is str):
+            request = UploadRequest(content_type or guess_content_type(key))  # the common case
+        else:
+            request = UploadRequest.build(key, content_type, options, backend=self.name,
+                                          extra_allowed=self.extra_upload_options)
         payload = Payload(data, request, backend=self.name, key=key, policy=self.policy)
         try:
             info = await self._write(key, payload)
@@ -259,8 +262,7 @@ class BaseDriver:
         except Exception as exc:
             self._fail(exc, key)
         if self.events.active:
-            await self.events.uploaded(self.name, self.bucket, key, info.size,
-                                       info.content_type, info.etag)
+            await self.events.uploaded(self.name, self.bucket, info)
         return info
 
     async def copy(self, src: str, dst: str) -> ObjectInfo:
@@ -277,8 +279,7 @@ class BaseDriver:
         except Exception as exc:
             self._fail(exc, src_key)
         if self.events.active:
-            await self.events.uploaded(self.name, self.bucket, dst_key, info.size,
-                                       info.content_type, info.etag)
+            await self.events.uploaded(self.name, self.bucket, info)
         return info
 
     async def move(self, src: str, dst: str) -> ObjectInfo:
@@ -294,8 +295,7 @@ class BaseDriver:
         except Exception as exc:
             self._fail(exc, src_key)
         if self.events.active:
-            await self.events.uploaded(self.name, self.bucket, dst_key, info.size,
-                                       info.content_type, info.etag)
+            await self.events.uploaded(self.name, self.bucket, info)
             await self.events.deleted(self.name, self.bucket, src_key)
         return info
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import io
 from bisect import bisect_left, bisect_right
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from lexigram_storage.config import NamedStorageConfig, StorageMemoryConfig
 from lexigram_storage.drivers.base import BaseDriver, create_only_conflict
@@ -19,9 +18,12 @@ from lexigram_storage.registry import DriverContext
 
 __all__ = ["MemoryDriver"]
 
+_now = datetime.now
 
-@dataclass(frozen=True, slots=True)
-class _Object:
+
+class _Object(NamedTuple):
+    """One stored object: immutable, replaced whole on every write."""
+
     data: bytes
     content_type: str
     metadata: dict[str, str]
@@ -31,16 +33,8 @@ class _Object:
     created_at: datetime
 
     def info(self, key: str) -> ObjectInfo:
-        return ObjectInfo(
-            path=key,
-            size=len(self.data),
-            content_type=self.content_type,
-            last_modified=self.last_modified,
-            created_at=self.created_at,
-            etag=self.etag,
-            metadata=dict(self.metadata),
-            cache_control=self.cache_control,
-        )
+        return ObjectInfo(key, len(self.data), self.content_type, self.last_modified,
+                          self.created_at, self.etag, dict(self.metadata), self.cache_control)
 
 
 class MemoryDriver(BaseDriver):
@@ -89,19 +83,14 @@ class MemoryDriver(BaseDriver):
             data = await _collect(payload)
         if create_only and key in self._objects:  # someone else won while we were reading
             raise create_only_conflict(self.name, key)
-        now = datetime.now(UTC)
+        now = _now(UTC)
         previous = self._objects.get(key)
         request = payload.request
-        obj = _Object(
-            data=data,
-            content_type=request.content_type,
-            metadata=request.metadata,
-            cache_control=request.cache_control,
-            etag=payload.etag,
-            last_modified=now,
-            created_at=previous.created_at if previous else now,
-        )
-        self._store(key, obj)
+        obj = _Object(data, request.content_type, request.metadata, request.cache_control,
+                      payload.etag, now, now if previous is None else previous.created_at)
+        if previous is None:
+            self._sorted = None
+        self._objects[key] = obj
         return obj.info(key)
 
     def _get(self, key: str) -> _Object:
