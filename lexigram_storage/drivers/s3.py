@@ -23,7 +23,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import io
 import math
+import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -407,12 +409,14 @@ class S3Driver(BaseDriver):
         if raw is not None:
             if len(raw) < threshold:
                 return await self._put_single(client, key, payload, raw)
-            return await self._multipart(client, key, payload, _nothing(), [raw], len(raw),
+            return await self._multipart(client, key, payload, _nothing(), [raw],
                                          digest=payload.etag)
         hint = payload.size_hint
         known_digest = None
         if hint is not None and hint >= threshold and payload.source_file is not None:
             known_digest = await _prehash(payload.source_file, hint)
+            # an OS file is then read (and hashed) a whole part per worker-thread hop
+            payload.chunk_size = max(payload.chunk_size, self._part_size(hint, 1))
         chunks = payload.__aiter__()
         buffered: list[bytes] = []
         total = 0
@@ -424,7 +428,7 @@ class S3Driver(BaseDriver):
                     total += len(chunk)
                     if total >= threshold:
                         return await self._multipart(client, key, payload, chunks, buffered,
-                                                     total, digest=known_digest)
+                                                     digest=known_digest)
             else:
                 buffered = [chunk async for chunk in chunks]
         finally:
@@ -477,7 +481,7 @@ class S3Driver(BaseDriver):
         return min(size, MAX_PART_SIZE)
 
     async def _multipart(self, client: Any, key: str, payload: Payload,
-                         chunks: AsyncIterator[bytes], buffered: list[bytes], total: int,
+                         chunks: AsyncIterator[bytes], buffered: list[bytes],
                          digest: str | None = None) -> ObjectInfo:
         params = self._write_params(payload, digest)
         try:
@@ -489,12 +493,16 @@ class S3Driver(BaseDriver):
         in_flight: set[asyncio.Task[None]] = set()
         hint = payload.size_hint
 
-        async def send(number: int, body: bytes) -> None:
+        crc32 = self.checksum_mode == "when_supported"
+
+        async def send(number: int, pieces: list[bytes | memoryview]) -> None:
+            body, checksum = await asyncio.to_thread(_part_body, pieces, crc32)
+            pieces.clear()  # the body owns the only copy now
             response = await client.upload_part(Bucket=self._bucket, Key=key, UploadId=upload_id,
-                                                PartNumber=number, Body=body)
+                                                PartNumber=number, Body=body, **checksum)
             parts[number] = response["ETag"]
 
-        async def submit(number: int, body: bytes) -> None:
+        async def submit(number: int, pieces: list[bytes | memoryview]) -> None:
             while len(in_flight) >= self.max_concurrency:
                 done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
                 in_flight.difference_update(done)
@@ -502,38 +510,43 @@ class S3Driver(BaseDriver):
                     task.result()  # re-raise the first part failure
             if number > MAX_PARTS:
                 raise StorageError(f"{self.name}: upload needs more than {MAX_PARTS} parts")
-            in_flight.add(asyncio.ensure_future(send(number, body)))
+            in_flight.add(asyncio.ensure_future(send(number, pieces)))
 
-        state = {"number": 1, "part_size": self._part_size(hint, 1)}
-        pending, pending_size = buffered, total
+        # Incoming chunks are cut into parts (a chunk may end one part and start the next);
+        # each part is copied once, in a worker thread, into the BytesIO that is sent.
+        number = 1
+        part_size = self._part_size(hint, 1)
+        pending: list[bytes | memoryview] = []
+        pending_size = 0
 
-        async def emit(final: bool) -> None:
-            nonlocal pending, pending_size
-            data = pending[0] if len(pending) == 1 else b"".join(pending)
-            pending, pending_size = [], 0
-            pos, end = 0, len(data)
-            while end - pos >= state["part_size"] or (final and pos < end):
-                take = state["part_size"]
-                body = data if (pos == 0 and end <= take) else data[pos:pos + take]
-                pos += len(body)
-                await submit(state["number"], body)
-                state["number"] += 1
-                state["part_size"] = self._part_size(hint, state["number"])
-            if pos < end:
-                rest = data[pos:] if pos else data
-                pending, pending_size = [rest], len(rest)
+        async def flush() -> None:
+            nonlocal number, part_size, pending, pending_size
+            pieces, pending, pending_size = pending, [], 0
+            await submit(number, pieces)
+            number += 1
+            part_size = self._part_size(hint, number)
+
+        async def push(chunk: bytes) -> None:
+            nonlocal pending_size
+            view = memoryview(chunk)
+            pos, end = 0, len(chunk)
+            while pos < end:
+                take = min(part_size - pending_size, end - pos)
+                pending.append(view[pos:pos + take] if take < end else chunk)
+                pending_size += take
+                pos += take
+                if pending_size == part_size:
+                    await flush()
 
         try:
-            if pending_size >= state["part_size"]:
-                await emit(final=False)
+            for chunk in buffered:
+                await push(chunk)
+            buffered.clear()
             async for chunk in chunks:
-                pending.append(chunk)
-                pending_size += len(chunk)
-                if pending_size >= state["part_size"]:
-                    await emit(final=False)
+                await push(chunk)
             # the payload ended normally, so its size limit and checksum passed
             if pending_size:
-                await emit(final=True)
+                await flush()
             if in_flight:
                 await asyncio.gather(*in_flight)
                 in_flight.clear()
@@ -878,6 +891,23 @@ async def _prehash(source: Any, size: int) -> str | None:
         return await asyncio.to_thread(digest_fd, fd, position, size)
     except OSError:
         return None
+
+
+def _part_body(pieces: list[bytes | memoryview], crc32: bool
+               ) -> tuple[io.BytesIO, dict[str, str]]:
+    """One part's body, copied once into a BytesIO that owns its buffer (aiohttp would copy a
+    BytesIO sharing a bytes object again before sending it), and the CRC32 checksum botocore
+    would otherwise compute on the event loop (``when_supported``). Runs in a worker thread."""
+    body = io.BytesIO()
+    for piece in pieces:
+        body.write(piece)
+    body.seek(0)
+    if not crc32:
+        return body, {}
+    with body.getbuffer() as view:
+        value = zlib.crc32(view)
+    return body, {"ChecksumAlgorithm": "CRC32",
+                  "ChecksumCRC32": base64.b64encode(value.to_bytes(4, "big")).decode()}
 
 
 async def _nothing() -> AsyncIterator[bytes]:
