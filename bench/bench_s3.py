@@ -1,17 +1,26 @@
 """S3 driver benchmark: ours vs raw aioboto3 calls on the same moto server.
 
-Run: .venv/bin/python bench/bench_s3.py [--small N] [--rounds R] [--big-mib M]
+Run: .venv/bin/python bench/bench_s3.py [--small N] [--rounds R] [--big-rounds B] [--big-mib M]
 
-Starts its own moto server on 127.0.0.1 (a free port). Workloads, each alternating ours and
-raw, median of the rounds:
+Starts its own moto server on 127.0.0.1 (a free port). Workloads, each alternating which side
+goes first, median of the rounds:
   * N x 4 KiB PutObject, sequential: ``S3Driver.upload`` vs ``client.put_object``
   * N x 4 KiB GetObject, sequential: ``S3Driver.download`` vs ``get_object`` + ``Body.read()``
   * a 256 MiB upload from an open file: ``S3Driver.upload`` (multipart) vs aioboto3's managed
-    ``upload_fileobj`` (s3transfer), with the peak RSS above the idle process.
-Prints a markdown table: workload | ours | raw aioboto3 | ratio (ours/raw time) | peak RSS.
-The raw client uses aioboto3's defaults apart from the endpoint, path addressing and SigV4;
-ours uses max_concurrency=10, the same part concurrency as upload_fileobj's default
-TransferConfig (both use 8 MiB parts).
+    ``upload_fileobj``, with the peak RSS above the idle process and the CPU time of this
+    process (the client) and of the moto server.
+Prints a markdown table: workload | ours | raw aioboto3 | ratio (ours/raw time) | peak RSS |
+client CPU | server CPU.
+
+Both sides use the same settings: botocore client config (SigV4, path addressing, standard
+retries, 40 pooled connections, request checksums ``when_supported`` = a CRC32 header on every
+part, payload signing at botocore's default = signed, since the endpoint is plain HTTP, no
+``Expect: 100-continue``), 8 MiB
+parts above an 8 MiB threshold, 10 parts in flight (``TransferConfig`` is passed explicitly to
+``upload_fileobj``). What differs is the work itself: ours also computes the object's SHA-256
+(``FileInfo.etag``) before CreateMultipartUpload (stored in its metadata) and again while the
+parts are read (so a file that changes mid-upload is recorded correctly), and keeps at most
+10 parts in memory; ``upload_fileobj`` computes no content digest and queues up to 100 parts.
 """
 
 from __future__ import annotations
@@ -39,11 +48,21 @@ os.environ.setdefault("LEX_QUIET", "1")
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 
 import aioboto3
+from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
+from botocore.handlers import add_expect_header
 
 from lexigram_storage.drivers.s3 import S3Driver
 
 KEY, SECRET, REGION = "bench", "bench-secret", "us-east-1"
+PART, CONCURRENCY = 8 * MiB, 10
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process *pid* so far (Linux)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def start_moto() -> tuple[subprocess.Popen[bytes], str]:
@@ -65,10 +84,12 @@ def start_moto() -> tuple[subprocess.Popen[bytes], str]:
             time.sleep(0.05)
 
 
-async def timed(fn: Callable[[], Awaitable[Any]]) -> float:
-    t0 = time.perf_counter()
+async def timed(fn: Callable[[], Awaitable[Any]], server_pid: int) -> tuple[float, float, float]:
+    """Wall seconds, client CPU seconds (this process) and server CPU seconds of one call."""
+    s0, c0, t0 = cpu_seconds(server_pid), time.process_time(), time.perf_counter()
     await fn()
-    return time.perf_counter() - t0
+    wall = time.perf_counter() - t0
+    return wall, time.process_time() - c0, cpu_seconds(server_pid) - s0
 
 
 def make_big_file(big_mib: int) -> Path:
@@ -84,19 +105,28 @@ def remove(big: Path) -> None:
     big.parent.rmdir()
 
 
-async def main(n: int, rounds: int, big_mib: int, big: Path) -> None:
+async def main(n: int, rounds: int, big_rounds: int, big_mib: int, big: Path) -> None:
     proc, endpoint = start_moto()
     small = os.urandom(4096)
-    results: dict[str, dict[str, list[float]]] = {}
+    results: dict[str, dict[str, list[tuple[float, float, float]]]] = {}
     rss: dict[str, dict[str, int]] = {}
     try:
-        cfg = Config(s3={"addressing_style": "path"}, signature_version="s3v4")
+        ours = S3Driver("placeholder", region=REGION, access_key=KEY, secret_key=SECRET,
+                        endpoint_url=endpoint, addressing_style="path",
+                        multipart_threshold=PART, multipart_chunk_size=PART,
+                        max_concurrency=CONCURRENCY, name="bench")
+        # the raw client gets exactly the botocore config the driver builds for itself
+        cfg: Config = ours._boto_config()
+        transfer = TransferConfig(multipart_threshold=PART, multipart_chunksize=PART,
+                                  max_concurrency=CONCURRENCY)
         session = aioboto3.Session()
         async with session.client("s3", endpoint_url=endpoint, region_name=REGION, config=cfg,
                                   aws_access_key_id=KEY, aws_secret_access_key=SECRET) as raw, \
-                S3Driver("placeholder", region=REGION, access_key=KEY, secret_key=SECRET,
-                         endpoint_url=endpoint, addressing_style="path",
-                         max_concurrency=10, name="bench") as ours:
+                ours:
+            # the driver drops botocore's "Expect: 100-continue" (a hung server would hang the
+            # upload); the raw client does the same, so neither waits for a 100 Continue
+            raw.meta.events.unregister("before-call.s3", add_expect_header)
+
             async def fresh_bucket() -> str:
                 name = f"bench-{uuid.uuid4().hex[:16]}"
                 await raw.create_bucket(Bucket=name)
@@ -130,7 +160,7 @@ async def main(n: int, rounds: int, big_mib: int, big: Path) -> None:
 
             async def raw_big(bucket: str) -> None:
                 with big.open("rb") as f:
-                    await raw.upload_fileobj(f, bucket, "big.bin")
+                    await raw.upload_fileobj(f, bucket, "big.bin", Config=transfer)
 
             # warm both clients (connections, service models)
             warm = await fresh_bucket()
@@ -142,10 +172,10 @@ async def main(n: int, rounds: int, big_mib: int, big: Path) -> None:
                 (f"{n} x 4 KiB PutObject, sequential", ours_put, raw_put, False, rounds),
                 (f"{n} x 4 KiB GetObject, sequential", ours_get, raw_get, False, rounds),
                 (f"{big_mib} MiB upload from a file (multipart vs upload_fileobj)",
-                 ours_big, raw_big, True, max(1, rounds - 1)),
+                 ours_big, raw_big, True, big_rounds),
             ]
             for label, ours_fn, raw_fn, measure_rss, runs in workloads:
-                times: dict[str, list[float]] = {"ours": [], "raw": []}
+                times: dict[str, list[tuple[float, float, float]]] = {"ours": [], "raw": []}
                 peaks: dict[str, int] = {"ours": 0, "raw": 0}
                 for r in range(runs):
                     order = [("ours", ours_fn), ("raw", raw_fn)]
@@ -156,7 +186,7 @@ async def main(n: int, rounds: int, big_mib: int, big: Path) -> None:
                         if "GetObject" in label:
                             await raw_put(bucket)
                         with PeakRSS() as peak:
-                            times[who].append(await timed(lambda fn=fn, b=bucket: fn(b)))
+                            times[who].append(await timed(lambda fn=fn, b=bucket: fn(b), proc.pid))
                         peaks[who] = max(peaks[who], peak.above)
                         if measure_rss:
                             await raw.delete_object(Bucket=bucket, Key="big.bin")
@@ -168,11 +198,15 @@ async def main(n: int, rounds: int, big_mib: int, big: Path) -> None:
         proc.wait(10)
 
     print(f"\nS3 driver vs raw aioboto3 on a local moto server ({os.cpu_count()} cores; median "
-          f"of {rounds} rounds, big upload median of {max(1, rounds - 1)}).\n")
-    print("| workload | ours | raw aioboto3 | ratio (ours/raw time) | peak RSS (ours / raw) |")
-    print("|---|---|---|---|---|")
+          f"of {rounds} rounds, big upload median of {big_rounds}; same client config, "
+          f"{PART // MiB} MiB parts, {CONCURRENCY} in flight).\n")
+    print("| workload | ours | raw aioboto3 | ratio (ours/raw time) | peak RSS (ours / raw) "
+          "| client CPU (ours / raw) | server CPU (ours / raw) |")
+    print("|---|---|---|---|---|---|---|")
     for label, times in results.items():
-        ours_t, raw_t = statistics.median(times["ours"]), statistics.median(times["raw"])
+        ours_t, raw_t = (statistics.median(t[0] for t in times[w]) for w in ("ours", "raw"))
+        ours_c, raw_c = (statistics.median(t[1] for t in times[w]) for w in ("ours", "raw"))
+        ours_m, raw_m = (statistics.median(t[2] for t in times[w]) for w in ("ours", "raw"))
         if "MiB upload" in label:
             ours_s = f"{ours_t:.2f} s ({big_mib / ours_t:.0f} MiB/s)"
             raw_s = f"{raw_t:.2f} s ({big_mib / raw_t:.0f} MiB/s)"
@@ -181,17 +215,24 @@ async def main(n: int, rounds: int, big_mib: int, big: Path) -> None:
             ours_s = f"{n / ours_t:.0f} ops/s"
             raw_s = f"{n / raw_t:.0f} ops/s"
             peak = "-"
-        print(f"| {label} | {ours_s} | {raw_s} | {ours_t / raw_t:.2f}x | {peak} |")
+        print(f"| {label} | {ours_s} | {raw_s} | {ours_t / raw_t:.2f}x | {peak} "
+              f"| {ours_c:.2f} s / {raw_c:.2f} s | {ours_m:.2f} s / {raw_m:.2f} s |")
+    for label, times in results.items():
+        if "MiB upload" in label:
+            walls = {w: [round(t[0], 2) for t in times[w]] for w in ("ours", "raw")}
+            print(f"\n{label}, every round (s): ours {walls['ours']}, raw {walls['raw']}")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--small", type=int, default=500, help="number of 4 KiB objects")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--big-rounds", type=int, default=5,
+                        help="rounds of the big upload (the machine may be noisy)")
     parser.add_argument("--big-mib", type=int, default=256)
     args = parser.parse_args()
     big_file = make_big_file(args.big_mib)
     try:
-        asyncio.run(main(args.small, args.rounds, args.big_mib, big_file))
+        asyncio.run(main(args.small, args.rounds, args.big_rounds, args.big_mib, big_file))
     finally:
         remove(big_file)
