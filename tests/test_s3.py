@@ -62,10 +62,15 @@ async def uploads_in_progress(client: Any, bucket: str) -> list[str]:
     return [u["Key"] for u in response.get("Uploads") or []]
 
 
+def server_log(s: S3Settings) -> str:
+    """The moto server's access log so far."""
+    assert s.emulator is not None
+    return Path(s.emulator.workdir, "server.log").read_text(errors="replace")
+
+
 def part_uploads(s: S3Settings, bucket: str, key: str) -> int:
     """How many UploadPart requests the moto server logged for *key* (its access log)."""
-    assert s.emulator is not None
-    log = Path(s.emulator.workdir, "server.log").read_text(errors="replace")
+    log = server_log(s)
     return sum(1 for line in log.splitlines()
                if f"PUT /{bucket}/{key}?partNumber=" in line or
                (f"PUT /{bucket}/{key}?" in line and "partNumber=" in line))
@@ -543,3 +548,51 @@ async def test_parts_cut_across_chunk_boundaries_carry_botocores_crc32(
         assert (await r2.info("mp/r2.bin")).etag == sha256(raw)
     assert len(sent) == 3
     assert not any(k.startswith("x-amz-checksum-") for _, _, headers in sent for k in headers)
+
+
+async def test_clear_lists_keys_only(store: S3Driver, s3_client: Any, s3_bucket: str,
+                                     s3_server: S3Settings) -> None:
+    """clear() deletes page by page from a keys-only listing: no HEAD per object, and more
+    than one listing page (1000 keys) is handled."""
+    sem = asyncio.Semaphore(16)
+
+    async def put(key: str) -> None:
+        async with sem:
+            await s3_client.put_object(Bucket=s3_bucket, Key=key, Body=b"x")
+
+    await asyncio.gather(*(put(f"gone/{i:04d}") for i in range(1003)), put("kept/one"),
+                         put("gone")  # the prefix is a plain string prefix: "gone" matches too
+                         )
+    assert await store.clear("gone") == 1004
+    assert [info.path async for info in store.list()] == ["kept/one"]
+    log = server_log(s3_server)
+    assert f"/{s3_bucket}/gone" in log
+    assert not [line for line in log.splitlines() if f"HEAD /{s3_bucket}/gone" in line]
+    assert await store.clear("gone") == 0
+
+
+@pytest.mark.parametrize(("encryption", "headers"), [
+    (EncryptionConfig(enabled=True), {"x-amz-server-side-encryption": "AES256"}),
+    (EncryptionConfig(enabled=True, type="aws:kms", kms_key_id="key-9"),
+     {"x-amz-server-side-encryption": "aws:kms",
+      "x-amz-server-side-encryption-aws-kms-key-id": "key-9"}),
+    (None, {}),
+])
+async def test_presigned_put_signs_the_encryption_headers(
+        s3_server: S3Settings, s3_bucket: str, s3_client: Any,
+        encryption: EncryptionConfig | None, headers: dict[str, str]) -> None:
+    async with make_driver(s3_server, s3_bucket, encryption=encryption) as driver:
+        assert driver.presigned_put_headers == headers
+        url = await driver.get_presigned_url("p/enc.txt", 300, "PUT", content_type="text/plain")
+        signed = url.split("X-Amz-SignedHeaders=")[1].split("&")[0].replace("%3B", ";")
+        assert sorted(signed.split(";")) == sorted(["content-type", "host", *headers])
+        async with httpx.AsyncClient(timeout=10) as http:
+            response = await http.put(url, content=b"secret",
+                                      headers={"Content-Type": "text/plain",
+                                               **driver.presigned_put_headers})
+            assert response.status_code == 200
+        head = await s3_client.head_object(Bucket=s3_bucket, Key="p/enc.txt")
+        assert head.get("ServerSideEncryption") == headers.get("x-amz-server-side-encryption")
+        assert head.get("SSEKMSKeyId") == headers.get(
+            "x-amz-server-side-encryption-aws-kms-key-id")
+        assert await driver.download("p/enc.txt") == b"secret"

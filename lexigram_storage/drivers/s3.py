@@ -47,6 +47,7 @@ from lexigram_storage.errors import (
     unsupported,
 )
 from lexigram_storage.events import StorageEvents
+from lexigram_storage.keys import validate_prefix
 from lexigram_storage.models import DirListing, ObjectInfo
 from lexigram_storage.payload import Payload, UploadPolicy, content_digest, digest_fd
 from lexigram_storage.registry import DriverContext
@@ -88,6 +89,8 @@ _PRESIGN_GET_OPTIONS = {
     "response_cache_control": "ResponseCacheControl",
 }
 _PRESIGN_PUT_OPTIONS = {"content_type": "ContentType"}
+_SSE_HEADERS = {"ServerSideEncryption": "x-amz-server-side-encryption",
+                "SSEKMSKeyId": "x-amz-server-side-encryption-aws-kms-key-id"}
 
 
 def _code(exc: BaseException) -> str:
@@ -276,6 +279,13 @@ class S3Driver(BaseDriver):
     def encryption_params(self) -> dict[str, str]:
         """The server-side encryption parameters sent with every write (a copy)."""
         return dict(self._sse)
+
+    @property
+    def presigned_put_headers(self) -> dict[str, str]:
+        """The headers a client must send with a presigned PUT URL of this driver besides
+        ``Content-Type`` (when one was signed): the server-side encryption settings are signed
+        into the URL, so S3 rejects a PUT without them (a copy; empty without encryption)."""
+        return {_SSE_HEADERS[name]: value for name, value in self._sse.items()}
 
     def __repr__(self) -> str:
         return (f"<{type(self).__name__} name={self.name!r} bucket={self._bucket!r} "
@@ -794,6 +804,30 @@ class S3Driver(BaseDriver):
         files = [info async for info in self._full_infos(client, summaries())]
         return DirListing(files=files, prefixes=sorted(set(prefixes)))
 
+    async def clear(self, prefix: str = "") -> int:
+        """Delete every object whose key starts with *prefix*; return how many.
+
+        Lists keys only (1000 per request) and deletes each page with one DeleteObjects,
+        where ``list()`` would HEAD every object for its content type and metadata."""
+        validate_prefix(prefix, self.name)
+        client = await self._get_client()
+        total = 0
+        params: dict[str, Any] = {"Bucket": self._bucket, "Prefix": prefix}
+        try:
+            while True:
+                page = await client.list_objects_v2(**params)
+                keys = [str(item["Key"]) for item in page.get("Contents") or []]
+                if not keys:
+                    return total
+                total += len(await self.delete_many(keys))
+                if not page.get("IsTruncated"):
+                    return total
+                params["StartAfter"] = keys[-1]  # not the token: the listed keys are gone now
+        except StorageError:
+            raise
+        except Exception as exc:
+            self._fail(exc, prefix)
+
     # ------------------------------------------------------------------ copy and move
 
     async def _copy(self, src: str, dst: str) -> ObjectInfo:
@@ -842,6 +876,9 @@ class S3Driver(BaseDriver):
         for option, value in options.items():
             if value is not None:
                 params[allowed[option]] = value
+        if method == "PUT":
+            # signed as headers: the client must send them (``presigned_put_headers``)
+            params.update(self._sse)
         client = await self._get_client()
         operation = "get_object" if method == "GET" else "put_object"
         url: str = await client.generate_presigned_url(
