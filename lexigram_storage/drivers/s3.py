@@ -2,9 +2,11 @@
 
 One aioboto3 client per driver, opened at ``prepare()`` or on first use and closed by
 ``close()``. Uploads stream: below ``multipart_threshold`` one ``PutObject``; above it a
-multipart upload that coalesces incoming chunks into parts of at least 5 MiB, grows the part
-size to stay under 10,000 parts and keeps at most ``max_concurrency`` parts in flight. Any
-failure or cancellation aborts the multipart upload.
+multipart upload that cuts incoming chunks into parts of at least 5 MiB (an OS file is read a
+part at a time in a worker thread), grows the part size to stay under 10,000 parts and keeps at
+most ``max_concurrency`` parts in flight, each copied once into the buffer that is sent. Any
+failure or cancellation aborts the multipart upload. ``clear()`` deletes from a keys-only
+listing; presigned PUT URLs sign the encryption headers (``presigned_put_headers``).
 
 ``FileInfo.etag`` is the hex SHA-256 of the content on every driver. S3's own ETag is an MD5
 at best (and not even that for multipart uploads or SSE-KMS objects), so the SHA-256 computed
