@@ -443,13 +443,22 @@ async def test_io_bytes_and_sizes_known_upfront_use_one_put(store: S3Driver, s3_
 async def test_file_digest_known_upfront_or_recorded_after(store: S3Driver, s3_client: Any,
                                                         s3_bucket: str, s3_server: S3Settings,
                                                         tmp_path: Path) -> None:
-    """A seekable file is hashed before CreateMultipartUpload (no self-copy); if it changes
-    while it is read, the digest of the bytes actually sent is recorded afterwards."""
+    """A seekable file is hashed before CreateMultipartUpload (no self-copy), from its current
+    position although its first parts are read meanwhile; if it changes while it is read, the
+    digest of the bytes actually sent is recorded afterwards (one self-copy)."""
 
     class Changing(io.BytesIO):
         def getbuffer(self) -> memoryview:  # what the pre-hash sees differs from the upload
             return memoryview(b"z" * len(super().getvalue()))
 
+    class ChangedFile(io.BufferedReader):
+        def read(self, size: int | None = -1) -> bytes:  # the pre-hash reads the fd directly
+            return b"y" * len(super().read(size))
+
+    copies: list[str] = []
+    client = await store._get_client()
+    client.meta.events.register("before-send.s3.CopyObject",
+                                lambda request, **_: copies.append(request.url))
     raw = os.urandom(6 * MiB)
     path = tmp_path / "f.bin"
     path.write_bytes(raw)
@@ -459,11 +468,18 @@ async def test_file_digest_known_upfront_or_recorded_after(store: S3Driver, s3_c
     assert (info.size, info.etag) == (5 * MiB, sha256(raw[MiB:]))
     assert (await store.info("pre/file.bin")).etag == sha256(raw[MiB:])
     assert await store.download("pre/file.bin") == raw[MiB:]
+    assert copies == []
+    with ChangedFile(io.FileIO(path)) as f:
+        info = await store.upload("pre/changed-file.bin", f)
+    assert info.etag == sha256(b"y" * len(raw))
+    assert (await store.info("pre/changed-file.bin")).etag == info.etag
+    assert len(copies) == 1
     info = await store.upload("pre/changing.bin", Changing(raw))
     assert info.etag == sha256(raw)
     head = await s3_client.head_object(Bucket=s3_bucket, Key="pre/changing.bin")
     assert head["Metadata"][DIGEST_METADATA_KEY] == sha256(raw)
     assert (await store.info("pre/changing.bin")).etag == sha256(raw)
+    assert len(copies) == 2
 
 
 async def test_single_put_sends_the_sha256_checksum_header(store: S3Driver, s3_client: Any,

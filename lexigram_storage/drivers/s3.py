@@ -29,7 +29,7 @@ import io
 import math
 import zlib
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 from urllib.parse import quote, urlsplit
@@ -425,22 +425,28 @@ class S3Driver(BaseDriver):
                                          digest=payload.etag)
         hint = payload.size_hint
         known_digest = None
-        if hint is not None and hint >= threshold and payload.source_file is not None:
-            known_digest = await _prehash(payload.source_file, hint)
-            # an OS file is then read (and hashed) a whole part per worker-thread hop
-            payload.chunk_size = max(payload.chunk_size, self._part_size(hint, 1))
         chunks = payload.__aiter__()
         buffered: list[bytes] = []
         total = 0
         try:
+            if hint is not None and hint >= threshold and payload.source_file is not None:
+                # an OS file is read (and hashed) a whole part per worker-thread hop
+                payload.chunk_size = max(payload.chunk_size, self._part_size(hint, 1))
+                job = _prehash_job(payload.source_file, hint)
+                if job is not None:
+                    known_digest, buffered = await self._hash_reading_ahead(job, chunks)
+                    total = sum(len(chunk) for chunk in buffered)
             if hint is None or hint >= threshold:
                 # Buffer up to the threshold: a small stream of unknown size is one PutObject.
-                async for chunk in chunks:
+                while total < threshold:
+                    chunk = await anext(chunks, None)
+                    if chunk is None:
+                        break
                     buffered.append(chunk)
                     total += len(chunk)
-                    if total >= threshold:
-                        return await self._multipart(client, key, payload, chunks, buffered,
-                                                     digest=known_digest)
+                if total >= threshold:
+                    return await self._multipart(client, key, payload, chunks, buffered,
+                                                 digest=known_digest)
             else:
                 buffered = [chunk async for chunk in chunks]
         finally:
@@ -449,6 +455,23 @@ class S3Driver(BaseDriver):
         # The payload is consumed and verified: commit it in one request.
         body = buffered[0] if len(buffered) == 1 else b"".join(buffered)
         return await self._put_single(client, key, payload, body)
+
+    async def _hash_reading_ahead(self, job: Callable[[], str | None],
+                                  chunks: AsyncIterator[bytes]) -> tuple[str | None, list[bytes]]:
+        """Run the pre-hash of a file (*job*, in a worker thread) while its first parts, at most
+        ``max_concurrency``, are read: they go out as soon as CreateMultipartUpload returns."""
+        prehash = asyncio.ensure_future(asyncio.to_thread(job))
+        ahead: list[bytes] = []
+        try:
+            while not prehash.done() and len(ahead) < self.max_concurrency:
+                chunk = await anext(chunks, None)
+                if chunk is None:
+                    break
+                ahead.append(chunk)
+            return await prehash, ahead
+        except BaseException:
+            prehash.cancel()  # the thread ends on its own (it only reads); its result is dropped
+            raise
 
     async def _put_single(self, client: Any, key: str, payload: Payload, body: bytes
                           ) -> ObjectInfo:
@@ -907,12 +930,14 @@ def _user_metadata(metadata: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in metadata.items() if k not in _RESERVED_METADATA}
 
 
-async def _prehash(source: Any, size: int) -> str | None:
-    """Hex SHA-256 of the next *size* bytes of a file, read in a worker thread without moving
-    its position (``os.pread``), or ``None`` when the file cannot be read that way. Knowing it
-    before ``CreateMultipartUpload`` saves the server-side copy that records it afterwards."""
+def _prehash_job(source: Any, size: int) -> Callable[[], str | None] | None:
+    """A blocking function returning the hex SHA-256 of the next *size* bytes of a file without
+    moving its position (``os.pread``; ``None`` when the file ends early or cannot be read that
+    way), or ``None`` when the file offers no such access. The position is taken now, before
+    anything reads the file. Knowing the digest before ``CreateMultipartUpload`` saves the
+    server-side copy that records it afterwards."""
     try:
-        position = source.tell()
+        position = int(source.tell())
     except (AttributeError, OSError, ValueError):
         return None
     try:
@@ -921,15 +946,20 @@ async def _prehash(source: Any, size: int) -> str | None:
         getbuffer = getattr(source, "getbuffer", None)  # io.BytesIO
         if getbuffer is None:
             return None
-        view = getbuffer()
+
+        def from_buffer() -> str | None:
+            with getbuffer() as view, view[position:position + size] as window:
+                return content_digest(window)
+
+        return from_buffer
+
+    def from_fd() -> str | None:
         try:
-            return await asyncio.to_thread(content_digest, view[position:position + size])
-        finally:
-            view.release()
-    try:
-        return await asyncio.to_thread(digest_fd, fd, position, size)
-    except OSError:
-        return None
+            return digest_fd(fd, position, size)
+        except OSError:
+            return None
+
+    return from_fd
 
 
 def _part_body(pieces: list[bytes | memoryview], crc32: bool
