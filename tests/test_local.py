@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import shutil
 import signal
 import stat
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -21,6 +23,7 @@ from lexigram.contracts.infra.storage import StorageUnsupportedOperationError
 from pydantic import SecretStr
 
 from lexigram_storage.config import NamedStorageConfig, StorageLocalConfig
+from lexigram_storage.drivers import local
 from lexigram_storage.drivers.local import INTERNAL_DIR, LocalDriver
 from lexigram_storage.errors import (
     InvalidPathError,
@@ -492,3 +495,54 @@ async def test_health_probe_writes_in_staging(store: LocalDriver) -> None:
     assert "probe_ms" in result.details and "latency_ms" in result.details
     assert staging(store.root) == []
     assert [i async for i in store.list()] == []
+
+
+async def test_plain_metadata_fits_in_the_inode(store: LocalDriver) -> None:
+    info = await store.upload("p/x.bin", b"x" * 100)
+    raw = os.getxattr(store.root / "p" / "x.bin", "user.lexigram")
+    assert len(raw) <= 64 and not raw.startswith(b"{")  # ext4 keeps <= 64 bytes in the inode
+    again = await store.info("p/x.bin")
+    assert (again.etag, again.content_type, again.created_at) == (
+        info.etag, "application/octet-stream", info.created_at)
+    # records written as JSON (metadata, or by earlier versions) still read back
+    os.setxattr(store.root / "p" / "x.bin", "user.lexigram",
+                b'{"ct":"text/x-old","etag":"e1","t":1700000000.5}')
+    old = await store.info("p/x.bin")
+    assert (old.content_type, old.etag, old.created_at.timestamp()) == (
+        "text/x-old", "e1", 1700000000.5)
+
+
+@pytest.mark.parametrize("tmpfile", [True, False], ids=["tmpfile", "named"])
+async def test_staging_removed_behind_our_back(store: LocalDriver, tmpfile: bool) -> None:
+    store._tmpfile = store._tmpfile and tmpfile
+    await store.upload("a", b"1")
+    shutil.rmtree(store.root / INTERNAL_DIR / "staging")
+    await store.upload("a", b"2")  # an overwrite: named in staging, then renamed
+    await store.upload("b", b"3")
+    assert [await store.download(k) for k in ("a", "b")] == [b"2", b"3"]
+    assert staging(store.root) == []
+    await store.close()
+    await store.upload("c", b"4")  # reopened after close()
+    assert await store.download("c") == b"4"
+
+
+async def test_cancelled_before_a_thread_was_free_does_not_run(store: LocalDriver) -> None:
+    gate = threading.Event()
+    started = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def block() -> None:
+        loop.call_soon_threadsafe(started.set)
+        gate.wait(10)
+
+    busy = [store._hop(block) for _ in range(local._pool()._max_workers)]
+    await started.wait()
+    upload = asyncio.ensure_future(store.upload("never", b"x"))
+    await asyncio.sleep(0.05)
+    upload.cancel()
+    gate.set()
+    await asyncio.gather(*busy)
+    with pytest.raises(asyncio.CancelledError):
+        await upload
+    await store._hop(int)  # the queue has drained
+    assert not await store.exists("never")
