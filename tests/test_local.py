@@ -19,7 +19,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import pytest
-from lexigram.contracts.infra.storage import StorageUnsupportedOperationError
+from lexigram.contracts.infra.storage import StorageError, StorageUnsupportedOperationError
 from pydantic import SecretStr
 
 from lexigram_storage.config import NamedStorageConfig, StorageLocalConfig
@@ -495,6 +495,47 @@ async def test_health_probe_writes_in_staging(store: LocalDriver) -> None:
     assert "probe_ms" in result.details and "latency_ms" in result.details
     assert staging(store.root) == []
     assert [i async for i in store.list()] == []
+
+
+async def test_small_cached_downloads_need_no_thread(store: LocalDriver,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    if local._openat2 is None:
+        pytest.skip("no openat2(RESOLVE_CACHED) / RWF_NOWAIT here")
+    await store.upload("a/small.bin", b"s" * 1000)
+    await store.upload("a/small.bin/child", b"c")  # the object now lives beside a directory
+    await store.upload("empty", b"")
+    await store.upload("big.bin", b"b" * (local._INLINE_READ + 1))
+    (store.root / "alias").symlink_to(store.root / "empty")
+
+    def no_thread(*args: object) -> None:
+        raise AssertionError("went through a thread")
+
+    monkeypatch.setattr(store, "_hop", no_thread)
+    assert await store.download("a/small.bin") == b"s" * 1000
+    assert await store.download("empty") == b""
+    assert await store.download("alias") == b""
+    with pytest.raises(StorageError, match="went through a thread"):  # too big for the loop
+        await store.download("big.bin")
+
+
+async def test_downloads_fall_back_to_a_thread(store: LocalDriver, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "secret").write_bytes(b"secret")
+    (store.root / "out").symlink_to(tmp_path / "secret")
+    await store.upload("k", b"kkk")
+    for case in ("no openat2", "lookup not cached", "bytes not cached"):
+        with monkeypatch.context() as m:
+            if case == "no openat2":
+                m.setattr(local, "_openat2", None)
+            elif case == "lookup not cached":
+                m.setattr(local, "_open_cached", lambda path: None)
+            else:
+                m.setattr(local, "_pread_nowait", lambda fd, size: None)
+            assert await store.download("k") == b"kkk", case
+            with pytest.raises(InvalidPathError, match="outside"):
+                await store.download("out")
+            with pytest.raises(StorageFileNotFoundError):
+                await store.download("missing/k")
 
 
 async def test_plain_metadata_fits_in_the_inode(store: LocalDriver) -> None:

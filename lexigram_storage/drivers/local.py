@@ -37,8 +37,14 @@ Speed, and what runs on the event loop
     fstat, open and check the parent, ``linkat`` onto the free name (an existing name: link
     into staging and rename over it), look for a stale copy, two closes. Larger uploads write
     ~1 MiB per hop; streams read 1 MiB per hop (the next block is read while the current one
-    is consumed), whatever ``chunk_size`` the caller asked for; a download, ``info``,
-    ``delete``, ``copy``, ``move`` and each listing page are one hop.
+    is consumed), whatever ``chunk_size`` the caller asked for; ``info``, ``delete``,
+    ``copy``, ``move`` and each listing page are one hop.
+
+    A download of up to 64 KiB is served on the event loop only where the kernel guarantees
+    it will not wait: ``openat2(RESOLVE_CACHED)`` (the path is resolved from the dentry cache
+    or the call fails with EAGAIN) with ``O_NOATIME`` (no inode update), fstat, the symlink
+    check, ``preadv2(RWF_NOWAIT)`` (page cache only, else EAGAIN). Anything else -- a cold
+    path, bytes not in memory, a larger object, an older kernel -- is one hop.
 
     Hops go to the driver's own thread pool (as many threads as asyncio's default executor),
     whose threads hand results back with a single ``call_soon_threadsafe``.
@@ -55,6 +61,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import errno
 import hashlib
 import heapq
@@ -105,6 +112,7 @@ _CONT = "\x01"  # suffix of a directory holding the rest of an over-long segment
 _SELF = "\x02"  # suffix of the file of an object whose key is also a directory
 _PIECE = 200  # bytes per stored name piece (NAME_MAX is 255)
 _SMALL = 1024 * 1024  # payloads up to this size are written in one thread hop
+_INLINE_READ = 64 * 1024  # downloads up to this size may be served without a thread hop
 _BLOCK = 1024 * 1024  # bytes per read/write hop for large objects
 _LIST_BATCH = 256
 _OPEN_READ = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
@@ -113,6 +121,7 @@ _OPEN_TMPFILE = os.O_WRONLY | getattr(os, "O_TMPFILE", 0) | getattr(os, "O_CLOEX
 _OPEN_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 _HAS_PROC_FD = sys.platform.startswith("linux") and os.path.isdir("/proc/self/fd")
 _XATTR_UNSUPPORTED = {errno.ENOTSUP, getattr(errno, "EOPNOTSUPP", errno.ENOTSUP)}
+_ABSENT = {errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG, errno.ELOOP}  # no object there
 _SIGN_HINT = ("Set a signing key: LocalDriver(signing_key=...), or in configuration "
               "storage.drivers.local.signing_key / the environment variable "
               "LEX_STORAGE__DRIVERS__LOCAL__SIGNING_KEY.")
@@ -832,7 +841,40 @@ class LocalDriver(BaseDriver):
         return fd, st, data
 
     async def _read_all(self, key: str) -> bytes:
-        return await self._hop(self._read_all_sync, key)
+        data = self._read_cached(key)
+        if data is None:
+            data = await self._hop(self._read_all_sync, key)
+        return data
+
+    def _read_cached(self, key: str) -> bytes | None:
+        """The whole object, read on the event loop when that cannot block: it is at most
+        ``_INLINE_READ`` bytes and the kernel has its path and all its bytes in memory (see
+        ``_open_cached``; the read uses ``RWF_NOWAIT``). ``None``: read it in a thread."""
+        if _openat2 is None:
+            return None
+        self._reject_internal(key)
+        path = self._path(_components(key))
+        for candidate in (path, path + _SELF):
+            try:
+                fd = _open_cached(candidate)
+            except FileNotFoundError:
+                continue
+            if fd is None:
+                return None
+            try:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    continue
+                if st.st_size > _INLINE_READ:
+                    return None
+                try:
+                    self._check_fd(fd, key)
+                except _Escape:
+                    raise self._escape_error(key) from None
+                return _pread_nowait(fd, st.st_size) if st.st_size else b""
+            finally:
+                os.close(fd)
+        raise StorageFileNotFoundError(backend=self.name, key=key)
 
     def _read_all_sync(self, key: str) -> bytes:
         opened = self._open_object(key)
@@ -1270,6 +1312,77 @@ def _lstat_at(name: str, dfd: int) -> os.stat_result | None:
         return os.stat(name, dir_fd=dfd, follow_symlinks=False)
     except FileNotFoundError:
         return None
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
+                ("resolve", ctypes.c_uint64)]
+
+
+_SYS_OPENAT2 = 437  # the same number on every Linux architecture
+_AT_FDCWD = -100
+_RESOLVE_CACHED = 0x20  # Linux 5.12: fail with EAGAIN instead of doing I/O for the lookup
+_RWF_NOWAIT: int = getattr(os, "RWF_NOWAIT", 0)
+_O_NOATIME: int = getattr(os, "O_NOATIME", 0)
+
+
+def _load_openat2() -> Any:
+    if not (_HAS_PROC_FD and _RWF_NOWAIT and hasattr(os, "preadv")):
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).syscall
+    except (OSError, AttributeError):  # pragma: no cover - no libc syscall()
+        return None
+    fn.restype = ctypes.c_long
+    fn.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p,
+                   ctypes.c_size_t]
+    return fn
+
+
+_openat2: Any = _load_openat2()
+
+
+def _open_cached(path: str) -> int | None:
+    """Open *path* for reading if the kernel can resolve it from its caches, without I/O and
+    without updating the access time (``openat2`` with ``RESOLVE_CACHED``, ``O_NOATIME``).
+
+    Returns the fd, or ``None`` when that is not possible (the lookup would wait for the disk,
+    openat2 is unavailable, or any error other than "no such file": the caller then does the
+    work in a thread, where the error is reported). Raises ``FileNotFoundError`` for a path
+    that does not lead to a file."""
+    global _openat2
+    fn = _openat2
+    if fn is None:
+        return None
+    raw = os.fsencode(path)
+    how = _OpenHow(_OPEN_READ | _O_NOATIME, 0, _RESOLVE_CACHED)
+    fd: int = fn(_SYS_OPENAT2, _AT_FDCWD, raw, ctypes.byref(how), ctypes.sizeof(how))
+    if fd < 0 and ctypes.get_errno() == errno.EPERM and _O_NOATIME:  # not our file
+        how.flags = _OPEN_READ
+        fd = fn(_SYS_OPENAT2, _AT_FDCWD, raw, ctypes.byref(how), ctypes.sizeof(how))
+    if fd >= 0:
+        return fd
+    err = ctypes.get_errno()
+    if err in _ABSENT:
+        raise FileNotFoundError(err, os.strerror(err), path)
+    if err in (errno.ENOSYS, errno.EINVAL, errno.E2BIG):  # old kernel or filtered syscall
+        _openat2 = None
+    return None
+
+
+def _pread_nowait(fd: int, size: int) -> bytes | None:
+    """The first *size* bytes of *fd* if they are all in the page cache, else ``None``."""
+    global _openat2
+    buf = bytearray(size)
+    try:
+        got = os.preadv(fd, [buf], 0, _RWF_NOWAIT)
+    except BlockingIOError:
+        return None
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # filesystem without RWF_NOWAIT
+            _openat2 = None
+        return None
+    return bytes(buf) if got == size else None
 
 
 class _Temp:
