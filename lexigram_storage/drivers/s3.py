@@ -548,7 +548,7 @@ class S3Driver(BaseDriver):
             in_flight.add(asyncio.ensure_future(send(number, pieces)))
 
         # Incoming chunks are cut into parts (a chunk may end one part and start the next);
-        # each part is copied once, in a worker thread, into the BytesIO that is sent.
+        # a worker thread turns each part into the BytesIO that is sent (``_part_body``).
         number = 1
         part_size = self._part_size(hint, 1)
         pending: list[bytes | memoryview] = []
@@ -964,17 +964,23 @@ def _prehash_job(source: Any, size: int) -> Callable[[], str | None] | None:
 
 def _part_body(pieces: list[bytes | memoryview], crc32: bool
                ) -> tuple[io.BytesIO, dict[str, str]]:
-    """One part's body, copied once into a BytesIO that owns its buffer (aiohttp would copy a
-    BytesIO sharing a bytes object again before sending it), and the CRC32 checksum botocore
-    would otherwise compute on the event loop (``when_supported``). Runs in a worker thread."""
-    body = io.BytesIO()
-    for piece in pieces:
-        body.write(piece)
-    body.seek(0)
+    """One part's body as a BytesIO, and the CRC32 checksum botocore would otherwise compute
+    on the event loop (``when_supported``). Runs in a worker thread. A part that arrived as one
+    chunk is wrapped as it is (aiohttp copies it once, when it sends it, and the chunk is freed
+    then); pieces are copied once into a BytesIO that owns its buffer (aiohttp copies that one
+    no more). Either way each byte is copied once and a part in flight is held once."""
+    if len(pieces) == 1 and type(pieces[0]) is bytes:
+        body = io.BytesIO(pieces[0])  # shares the bytes until aiohttp copies them
+    else:
+        body = io.BytesIO()
+        for piece in pieces:
+            body.write(piece)
+        body.seek(0)
     if not crc32:
         return body, {}
-    with body.getbuffer() as view:
-        value = zlib.crc32(view)
+    value = 0
+    for piece in pieces:
+        value = zlib.crc32(piece, value)
     return body, {"ChecksumAlgorithm": "CRC32",
                   "ChecksumCRC32": base64.b64encode(value.to_bytes(4, "big")).decode()}
 
