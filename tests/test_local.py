@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import os
 import shutil
@@ -587,3 +588,20 @@ async def test_cancelled_before_a_thread_was_free_does_not_run(store: LocalDrive
         await upload
     await store._hop(int)  # the queue has drained
     assert not await store.exists("never")
+
+
+async def test_failed_small_write_leaves_no_directories(store: LocalDriver,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    await store.upload("keep/old", b"old")
+
+    def broken(fd: int, meta: object) -> None:
+        raise OSError(errno.EIO, "the disk failed")
+
+    monkeypatch.setattr(store, "_store_meta", broken)
+    for key in ("new/dir/x", "keep/old"):
+        with pytest.raises(StorageError, match="the disk failed"):
+            await store.upload(key, b"new")
+    assert user_files(store.root) == ["keep/old"]
+    assert not (store.root / "new").exists()
+    assert (store.root / "keep" / "old").read_bytes() == b"old"
+    assert staging(store.root) == []

@@ -614,10 +614,31 @@ class LocalDriver(BaseDriver):
 
     def _small_write(self, key: str, parts: list[bytes], meta: _Meta, create_only: bool
                      ) -> ObjectInfo:
-        """The whole upload of an in-memory payload in one thread hop."""
+        """The whole upload of an in-memory payload in one thread hop. Its unnamed temp file is
+        created in the object's own directory, opened (and checked) first and kept for the
+        commit: the inode is allocated beside its directory's, as for a file created there,
+        rather than in staging's block group."""
+        self._ensure_ready()
         state = _Temp()
-        self._begin(state, parts)
-        return self._finish(state, key, [], meta, create_only)
+        dfd = None
+        if self._tmpfile:
+            dfd = self._open_parent(_components(key), key, create=True)
+            assert dfd is not None
+            with contextlib.suppress(OSError):  # (a filesystem without O_TMPFILE): staging
+                state.fd = os.open(".", _OPEN_TMPFILE, self._mode, dir_fd=dfd)
+        try:
+            if state.fd is None:
+                self._begin(state, parts)
+            else:
+                self._more(state, parts)
+            return self._finish(state, key, [], meta, create_only, dfd)
+        except BaseException:
+            if dfd is not None:
+                self._prune(_components(key))  # directories made for a write that failed
+            raise
+        finally:
+            if dfd is not None:
+                os.close(dfd)
 
     def _begin(self, state: _Temp, parts: list[bytes]) -> None:
         state.fd, state.path = self._new_temp()
@@ -633,7 +654,7 @@ class LocalDriver(BaseDriver):
             raise
 
     def _finish(self, state: _Temp, key: str, parts: list[bytes], meta: _Meta,
-                create_only: bool) -> ObjectInfo:
+                create_only: bool, dfd: int | None = None) -> ObjectInfo:
         """Last bytes, metadata, fsync and the atomic commit of the temp file."""
         fd = state.fd
         assert fd is not None
@@ -644,19 +665,22 @@ class LocalDriver(BaseDriver):
             if self.fsync:
                 os.fsync(fd)
             st = os.fstat(fd)
-            self._commit(state, key, create_only, st.st_ino)
+            self._commit(state, key, create_only, st.st_ino, dfd)
         finally:
             state.discard()
         return _info(key, st, meta)
 
-    def _commit(self, state: _Temp, key: str, create_only: bool, ino: int) -> None:
+    def _commit(self, state: _Temp, key: str, create_only: bool, ino: int,
+                parent: int | None = None) -> None:
         """Put the complete temp file in place. An unnamed one (``O_TMPFILE``, fd open) is
         linked straight onto the object's name when that name is free (one ``linkat``), else
-        named in staging first; a named one is renamed (create-only: hard-linked) onto it."""
+        named in staging first; a named one is renamed (create-only: hard-linked) onto it.
+        *parent*: the object's directory, already opened and checked by the caller."""
         parts = _components(key)
         name = parts[-1]
-        for _attempt in range(20):
-            dfd = self._open_parent(parts, key, create=True)
+        for attempt in range(20):
+            own = parent is None or attempt > 0
+            dfd = self._open_parent(parts, key, create=True) if own else parent
             assert dfd is not None
             try:
                 try:
@@ -682,7 +706,8 @@ class LocalDriver(BaseDriver):
                     os.fsync(dfd)
                 return
             finally:
-                os.close(dfd)
+                if own:
+                    os.close(dfd)
         raise OSError(errno.EAGAIN, "could not commit the object", key)  # pragma: no cover
 
     def _link_free(self, source: str, dfd: int, name: str, ino: int) -> bool:
