@@ -16,11 +16,14 @@ Layout
     plain paths.
 
 Atomicity
-    Every write goes to a temp file in ``staging/`` (created with mode ``0o666 & ~umask``), gets
-    its metadata (the ``user.lexigram`` extended attribute: content type, user metadata, cache
-    control, SHA-256 etag) and is renamed into place; create-only writes hard-link instead, which
-    fails if the name exists. A failed, rejected or cancelled upload unlinks its temp file;
-    stale temp files of a killed process are removed by ``prepare()``. ``copy`` writes a temp
+    Every write goes to a temp file (created with mode ``0o666 & ~umask``): an unnamed one
+    (``O_TMPFILE``; for a small upload in the object's own directory, else in ``staging/``)
+    where the filesystem supports it, else a named one in ``staging/``. It gets its metadata
+    (the ``user.lexigram`` extended attribute: content type, user metadata, cache control,
+    SHA-256 etag) and only then a name: linked onto a free name, else renamed over the old
+    object; create-only writes hard-link, which fails if the name exists. A failed, rejected
+    or cancelled upload unlinks its temp file (an unnamed one vanishes even on SIGKILL); stale
+    named temp files of a killed process are removed by ``prepare()``. ``copy`` writes a temp
     copy and renames it; ``move`` is a rename (the metadata travels with the inode).
 
 Symlinks
@@ -33,9 +36,9 @@ Speed, and what runs on the event loop
     Writes always run in worker threads: creating a file can wait for the disk or the journal
     (on ext4 without a journal it also scans past every inode freed in the last minute: up to
     1 ms of kernel time seen per file). An upload of up to 1 MiB given as bytes is one hop of
-    ten syscalls: ``O_TMPFILE`` open in the (kept open) staging directory, write, fsetxattr,
-    fstat, open and check the parent, ``linkat`` onto the free name (an existing name: link
-    into staging and rename over it), look for a stale copy, two closes. Larger uploads write
+    ten syscalls: open and check the parent, ``O_TMPFILE`` open in it, write, fsetxattr,
+    fstat, ``linkat`` onto the free name (an existing name: link into the kept-open staging
+    directory and rename over it), look for a stale copy, two closes. Larger uploads write
     ~1 MiB per hop; streams read 1 MiB per hop (the next block is read while the current one
     is consumed), whatever ``chunk_size`` the caller asked for; ``info``, ``delete``,
     ``copy``, ``move`` and each listing page are one hop.
