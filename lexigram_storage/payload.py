@@ -231,6 +231,8 @@ class Payload:
         self.backend = backend
         self.key = key
         self.request = request
+        #: bytes read per chunk from a file; a driver may raise it before iterating (e.g. to
+        #: read a whole multipart part per worker-thread hop)
         self.chunk_size = chunk_size
         self.max_bytes = policy.max_bytes if policy is not None else None
         self.size = 0
