@@ -22,7 +22,7 @@ from _common import ref_python
 os.environ.setdefault("LEX_LOGGING__LEVEL", "CRITICAL")
 os.environ.setdefault("LEX_QUIET", "1")
 
-N, SIZE, RUNS = 2000, 4096, 15
+N, SIZE, RUNS = 2000, 4096, 10
 
 
 REF_SCRIPT = """
@@ -86,18 +86,33 @@ async def ours(subscribers: int | None, include_delivery: bool) -> dict[str, flo
     return {"upload": min(ups), "download": min(downs)}
 
 
+ROUNDS = 3  # the existing package and ours take turns, so both see the same machine
+
+
+def _best(a: dict[str, float] | None, b: dict[str, float]) -> dict[str, float]:
+    return b if a is None else {k: min(a[k], b[k]) for k in b}
+
+
 def main() -> None:
-    ref = subprocess.run([str(ref_python()), "-c", REF_SCRIPT, str(N), str(SIZE), str(RUNS)],
-                         check=True, capture_output=True, text=True)
-    theirs = json.loads(ref.stdout.strip().splitlines()[-1])
-    rows = [
-        ("ours, no events", asyncio.run(ours(None, False))),
-        ("ours, bus without subscribers (incl. delivery)", asyncio.run(ours(0, True))),
-        ("ours, bus + 1 subscriber (calls only)", asyncio.run(ours(1, False))),
-        ("ours, bus + 1 subscriber (incl. delivery to the handler)", asyncio.run(ours(1, True))),
+    labels = [
+        ("ours, no events", None, False),
+        ("ours, bus without subscribers (incl. delivery)", 0, True),
+        ("ours, bus + 1 subscriber (calls only)", 1, False),
+        ("ours, bus + 1 subscriber (incl. delivery to the handler)", 1, True),
     ]
-    print(f"memory driver, {N} x {SIZE // 1024} KiB, sequential, best of {RUNS} runs "
-          "(the minimum filters out other processes on a shared machine)")
+    theirs: dict[str, float] | None = None
+    best: list[dict[str, float] | None] = [None] * len(labels)
+    for _ in range(ROUNDS):
+        ref = subprocess.run([str(ref_python()), "-c", REF_SCRIPT, str(N), str(SIZE), str(RUNS)],
+                             check=True, capture_output=True, text=True)
+        theirs = _best(theirs, json.loads(ref.stdout.strip().splitlines()[-1]))
+        for i, (_, subscribers, delivery) in enumerate(labels):
+            best[i] = _best(best[i], asyncio.run(ours(subscribers, delivery)))
+    assert theirs is not None
+    rows = [(label, result) for (label, _, _), result in zip(labels, best, strict=True)
+            if result is not None]
+    print(f"memory driver, {N} x {SIZE // 1024} KiB, sequential, best of {ROUNDS} x {RUNS} runs "
+          "each, the two packages taking turns (the minimum filters out other processes)")
     print("existing package = lexigram-storage 0.1.5009 bare-dict MemoryDriver, no events\n")
     print("| workload | uploads/s | downloads/s | upload+download pairs/s | vs existing |")
     print("|---|---|---|---|---|")
