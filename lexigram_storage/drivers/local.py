@@ -1393,8 +1393,8 @@ def _open_cached(path: str) -> int | None:
     err = ctypes.get_errno()
     if err in _ABSENT:
         raise FileNotFoundError(err, os.strerror(err), path)
-    if err in (errno.ENOSYS, errno.EINVAL, errno.E2BIG):  # old kernel or filtered syscall
-        _openat2 = None
+    if err in (errno.ENOSYS, errno.EINVAL, errno.E2BIG, errno.EPERM):
+        _openat2 = None  # old kernel, or a seccomp filter (containers) refusing the syscall
     return None
 
 
