@@ -14,10 +14,12 @@ place), each download opens and reads the file. Logging is configured at WARNING
 down for reasons unrelated to storage).
 
 Noise: on ext4 without a journal, creating a file scans past every inode of its block group
-freed in the last 30-60 s, so any program deleting many files nearby makes every upload
-(ours and theirs alike) slower by up to ~1 ms, which squeezes the upload ratios. The stores
-live in ``--dir`` (default /var/tmp, disk-backed), nothing is deleted until the end, and a run
-starting within 65 s of the previous one's cleanup waits first. ``--repeat N`` alternates the
+freed recently, so any program deleting many files nearby makes every upload (ours and theirs
+alike) slower by up to ~1 ms, which squeezes the upload ratios. The stores live in ``--dir``
+(default /var/tmp, disk-backed), nothing is deleted until the end, and a run starting within
+SETTLE_SECONDS of the previous one's cleanup waits first (65 s was not enough here: two full
+runs started 56-63 s after a cleanup measured our first workload, 4 KiB uploads, at ~1,600
+ops/s, against ~2,560 ops/s after 3 minutes). ``--repeat N`` alternates the
 implementations N times and shows each same-run ratio.
 """
 
@@ -44,6 +46,7 @@ os.environ.setdefault("LEX_LOGGING__LEVEL", "CRITICAL")
 os.environ.setdefault("LEX_QUIET", "1")
 
 N, SMALL, CONCURRENCY, ROUNDS = 2000, 4096, 64, 3
+SETTLE_SECONDS = 180  # after the previous run's cleanup, before timing anything
 BIG = 256 * MiB
 ITER_CHUNK = 64 * 1024
 STREAM_CHUNK = 8192
@@ -237,24 +240,22 @@ def main(only: set[str] | None, repeat: int, where: str) -> None:
     # the deletions of a previous run's cleanup slow down file creation for a minute (see run())
     marker = Path(where) / ".lexigram-bench-cleaned"
     with contextlib.suppress(OSError, ValueError):
-        wait = float(marker.read_text()) + 65 - time.time()
+        wait = float(marker.read_text()) + SETTLE_SECONDS - time.time()
         if wait > 0:
             print(f"  waiting {wait:.0f} s: the previous run's files were deleted just now",
                   file=sys.stderr)
             time.sleep(wait)
     scratch = Path(tempfile.mkdtemp(prefix="lexigram-bench-", dir=where))
     source = scratch / "source-256MiB.bin"
-    block = os.urandom(MiB)
-    with source.open("wb") as f:
-        for _ in range(BIG // MiB):
-            f.write(block)
-        f.flush()
-        os.fsync(f.fileno())  # else its writeback runs during (and slows) the first worker
     rows = []
     try:
         for workload, label, unit, impls, with_rss in WORKLOADS:
             if only is not None and workload not in only:
                 continue
+            if workload in ("stream", "up_file") and not source.exists():
+                # written only now: writing 256 MiB just before the 4 KiB workloads slowed the
+                # file creations of whichever implementation ran first (always ours)
+                _write_source(source)
             # implementations alternate, so a slow spell of the machine hits each of them
             runs: dict[str, list[dict[str, Any] | None]] = {kind: [] for kind in impls}
             for _ in range(repeat):
@@ -289,6 +290,15 @@ def main(only: set[str] | None, repeat: int, where: str) -> None:
     print(f"\n256 MiB = {BIG // MiB} MiB object; {os.cpu_count()} CPUs; Python "
           f"{sys.version.split()[0]}; medians of {ROUNDS} rounds for the 4 KiB workloads"
           f"{runs_note}.")
+
+
+def _write_source(source: Path) -> None:
+    block = os.urandom(MiB)
+    with source.open("wb") as f:
+        for _ in range(BIG // MiB):
+            f.write(block)
+        f.flush()
+        os.fsync(f.fileno())  # else its writeback runs during (and slows) the next worker
 
 
 def _median(results: list[dict[str, Any]]) -> dict[str, Any] | None:
