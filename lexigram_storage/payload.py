@@ -25,7 +25,6 @@ from lexigram_storage.errors import ChecksumMismatchError, QuotaExceededError
 
 __all__ = [
     "DEFAULT_CONTENT_TYPE",
-    "DIGEST_ALGORITHM",
     "READ_CHUNK_SIZE",
     "Payload",
     "UploadPolicy",
@@ -43,13 +42,12 @@ _DIGEST_BLOCK: Final = 4 * 1024 * 1024
 _HEX_LENGTHS: Final = {32: "md5", 40: "sha1", 64: "sha256", 128: "sha512"}
 #: the digest behind every ``FileInfo.etag``, on every driver (SHA-NI makes it 2-3x faster
 #: than MD5 on current x86 and ARM CPUs)
-DIGEST_ALGORITHM: Final = "sha256"
 new_digest: Final = hashlib.sha256
 
 
 def content_digest(data: bytes | bytearray | memoryview) -> str:
     """The etag of *data*: its hex SHA-256."""
-    return hashlib.sha256(data).hexdigest()
+    return new_digest(data).hexdigest()
 
 
 def digest_fd(fd: int, position: int = 0, size: int | None = None) -> str | None:
@@ -215,8 +213,8 @@ class Payload:
     and hashed together in a worker thread (hashlib releases the GIL), off the event loop.
     """
 
-    __slots__ = ("_check", "_digest", "_file", "_iter", "_raw", "backend", "chunk_size", "key",
-                 "max_bytes", "request", "size", "size_hint", "source_file")
+    __slots__ = ("_check", "_digest", "_file", "_iter", "_raw", "_threaded", "backend",
+                 "chunk_size", "key", "max_bytes", "request", "size", "size_hint", "source_file")
 
     def __init__(
         self,
@@ -245,7 +243,7 @@ class Payload:
                 backend=backend,
                 key=key,
             )
-        self._file: Any = None
+        self._file: Any = None  # a binary file with a synchronous read()
         self._iter: AsyncIterator[bytes] | None = None
         #: the caller's binary file when its size is known upfront (seekable), else ``None``:
         #: a driver may pre-read it (e.g. to hash it) as long as it restores the position
@@ -259,13 +257,12 @@ class Payload:
             if read is not None and not inspect.iscoroutinefunction(read):
                 self.size_hint = _remaining(data)
                 self.source_file = data if self.size_hint is not None else None
-                if _is_os_file(data):
-                    self._file = data
-                else:
-                    self._iter = _sync_file(data, chunk_size, backend)
+                self._file = data
             else:
                 self._iter = _source(data, chunk_size, backend=backend)
                 self.size_hint = None
+        # OS files are read off the event loop, one hop per chunk; in-memory files inline
+        self._threaded = self._file is not None and _is_os_file(self._file)
         if self.size_hint is not None:
             self._check_size(self.size_hint)
 
@@ -308,7 +305,8 @@ class Payload:
                 self._take(raw)
                 yield raw
         elif self._file is not None:
-            while chunk := await asyncio.to_thread(self._read_file):
+            read, threaded = self._read_file, self._threaded
+            while chunk := (await asyncio.to_thread(read) if threaded else read()):
                 yield chunk
         elif self._iter is not None:
             take = self._take
@@ -364,7 +362,7 @@ def _as_bytes(chunk: Any, backend: str) -> bytes:
 
 def _source(data: Any, chunk_size: int, *, backend: str) -> AsyncIterator[bytes]:
     """An async chunk iterator over an async file object or an (async) iterator *data*
-    (in-memory payloads and synchronous files are handled by ``Payload`` itself)."""
+    (in-memory payloads and files with a synchronous ``read`` are handled by ``Payload``)."""
     read = getattr(data, "read", None)
     if read is not None:
         return _async_file(read, chunk_size, backend)
@@ -396,12 +394,6 @@ def _is_os_file(f: Any) -> bool:
     except (AttributeError, OSError, ValueError):
         return False
     return True
-
-
-async def _sync_file(f: Any, chunk_size: int, backend: str) -> AsyncIterator[bytes]:
-    """An in-memory file object (``BytesIO``...): read inline, no thread hop."""
-    while chunk := f.read(chunk_size):
-        yield _as_bytes(chunk, backend)
 
 
 async def _async_file(read: Any, chunk_size: int, backend: str) -> AsyncIterator[bytes]:
