@@ -88,9 +88,7 @@ class MemoryDriver(BaseDriver):
         request = payload.request
         obj = _Object(data, request.content_type, request.metadata, request.cache_control,
                       payload.etag, now, now if previous is None else previous.created_at)
-        if previous is None:
-            self._sorted = None
-        self._objects[key] = obj
+        self._store(key, obj)
         return obj.info(key)
 
     def _get(self, key: str) -> _Object:
