@@ -400,15 +400,21 @@ class LocalDriver(BaseDriver):
                 and (len(real) == len(self._internal_real) or real[len(self._internal_real)] == "/")):
             raise _Escape(real)
 
+    def _checked(self, fd: int, key: str) -> int:
+        """*fd*, once checked to lie inside the root; closed when the check fails."""
+        try:
+            self._check_fd(fd, key)
+        except _Escape:
+            os.close(fd)
+            raise self._escape_error(key) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
     def _open_link_target(self, name: str, dir_fd: int, key: str) -> int:
         """Open the directory a symlink *name* points to, refusing a target outside the root."""
-        child = os.open(name, _OPEN_DIR, dir_fd=dir_fd)
-        try:
-            self._check_fd(child, key)
-        except _Escape:
-            os.close(child)
-            raise self._escape_error(key) from None
-        return child
+        return self._checked(os.open(name, _OPEN_DIR, dir_fd=dir_fd), key)
 
     def _escape_error(self, key: str | None) -> InvalidPathError:
         return InvalidPathError("the key resolves outside the storage root (symlink)",
@@ -438,17 +444,13 @@ class LocalDriver(BaseDriver):
                 raise
             try:
                 st = os.fstat(fd)
-                if not stat.S_ISREG(st.st_mode):
-                    os.close(fd)
-                    continue
-                self._check_fd(fd, key)
-            except _Escape:
-                os.close(fd)
-                raise self._escape_error(key) from None
             except BaseException:
                 os.close(fd)
                 raise
-            return fd, st
+            if not stat.S_ISREG(st.st_mode):
+                os.close(fd)
+                continue
+            return self._checked(fd, key), st
         return None
 
     def _open_parent(self, parts: list[str], key: str, create: bool) -> int | None:
@@ -461,12 +463,7 @@ class LocalDriver(BaseDriver):
             if not create:
                 return None
             return self._make_parents(parts, key)
-        try:
-            self._check_fd(fd, key)
-        except _Escape:
-            os.close(fd)
-            raise self._escape_error(key) from None
-        return fd
+        return self._checked(fd, key)
 
     def _make_parents(self, parts: list[str], key: str) -> int:
         fd = os.open(self._root, _OPEN_DIR)
