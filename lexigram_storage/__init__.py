@@ -1,9 +1,19 @@
 """lexigram_storage: blob storage for the lexigram framework.
 
 One API (``BlobStoreProtocol`` plus copy/move/batch operations) over memory, local disk,
-Amazon S3, Cloudflare R2, Google Cloud Storage and Azure Blob, bound into the DI container by
-``StorageModule``, with domain events and a conformance suite every driver passes.
+Amazon S3 and Cloudflare R2 (Google Cloud Storage and Azure Blob are planned), bound into the
+DI container by ``StorageModule``, with domain events and a conformance suite every driver
+passes.
+
+The drivers are imported on first use (``from lexigram_storage import S3Driver``), so an
+optional SDK is needed only by the code that uses its driver: without aioboto3 that import
+raises an ``ImportError`` naming ``pip install "lexigram_storage[s3]"``.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from lexigram.contracts.infra.storage import BlobStoreProtocol, FileInfo, UploadOptions
 
@@ -52,6 +62,18 @@ from lexigram_storage.module import StorageModule
 from lexigram_storage.provider import StorageProvider
 from lexigram_storage.registry import DriverContext, DriverRegistry
 
+if TYPE_CHECKING:
+    from lexigram_storage.drivers.local import LocalDriver as LocalDriver
+    from lexigram_storage.drivers.s3 import R2Driver as R2Driver
+    from lexigram_storage.drivers.s3 import S3Driver as S3Driver
+
+# Drivers loaded on first access: driver class name -> module holding it.
+_LAZY_DRIVERS = {
+    "LocalDriver": "lexigram_storage.drivers.local",
+    "S3Driver": "lexigram_storage.drivers.s3",
+    "R2Driver": "lexigram_storage.drivers.s3",
+}
+
 __all__ = [
     "HOOK_OBJECT_DELETED",
     "HOOK_OBJECT_STORED",
@@ -67,6 +89,7 @@ __all__ = [
     "FileInfo",
     "FileUploadedEvent",
     "InvalidPathError",
+    "LocalDriver",
     "MemoryDriver",
     "NamedStorageConfig",
     "ObjectDeletedHook",
@@ -97,3 +120,18 @@ __all__ = [
     "StorageUnsupportedOperationError",
     "UploadOptions",
 ]
+# S3Driver and R2Driver are exported too, but left out of __all__ so that a star import does
+# not need aioboto3.
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _LAZY_DRIVERS.get(name)
+    if module_name is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module_name), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY_DRIVERS})
