@@ -196,7 +196,8 @@ class StorageEvents:
                 except Exception as exc:  # a subscriber's failure never reaches the caller
                     self.failures += 1
                     logger.warning("storage.events.publish_failed",
-                                   event=type(event).__name__, hook=hook_name, error=repr(exc))
+                                   event_type=type(event).__name__, hook=hook_name,
+                                   error=repr(exc))
         finally:
             self._task = None
 
