@@ -128,6 +128,11 @@ class StorageEvents:
         hooks: a ``HookRegistryProtocol``; fires ``storage.object_stored`` / ``..._deleted``.
         max_pending: events queued for the dispatcher before ``overflow`` applies.
         overflow: ``"block"`` (calls wait for room; nothing is lost) or ``"drop"``.
+
+    Counters (all since construction): ``waits`` calls that waited for room and
+    ``waited_seconds`` their total wait; ``dropped`` events dropped by the ``"drop"`` policy;
+    ``failures`` events whose publishing or hook raised; ``undelivered`` events discarded at
+    :meth:`aclose` (or when the dispatcher was cancelled).
     """
 
     def __init__(
