@@ -20,6 +20,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from lexigram_storage.events import Overflow
 from lexigram_storage.payload import UploadPolicy
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "StorageAzureConfig",
     "StorageConfig",
     "StorageDriversConfig",
+    "StorageEventsConfig",
     "StorageGCSConfig",
     "StorageLocalConfig",
     "StorageMemoryConfig",
@@ -188,6 +190,18 @@ class StorageOperationConfig(_Model):
         return UploadPolicy(max_bytes=limit, allowed_mime_types=tuple(self.allowed_mime_types))
 
 
+class StorageEventsConfig(_Model):
+    """How the domain events of every backend are queued for the event bus."""
+
+    overflow: Overflow = Field(
+        "block", description="When max_pending events are queued: block = the storage call "
+        "waits for room (nothing lost); drop = the event is dropped with a warning.")
+    max_pending: int = Field(10_000, ge=1, description="Events queued for the bus before "
+                             "overflow applies.")
+    shutdown_timeout: float = Field(5.0, gt=0, description="Seconds shutdown spends delivering "
+                                    "queued events; the rest are logged as undelivered.")
+
+
 class NamedStorageConfig(_Model):
     """One named backend; injected as ``Annotated[BlobStoreProtocol, Named(name)]``."""
 
@@ -263,6 +277,8 @@ class StorageConfig(BaseSettings):
                                                description="Named backends (JSON list in env).")
     service: StorageOperationConfig = Field(default_factory=StorageOperationConfig,
                                             description="Upload policy for every backend.")
+    events: StorageEventsConfig = Field(default_factory=StorageEventsConfig,
+                                        description="Event queue policy for every backend.")
     health_check_timeout: float = Field(5.0, gt=0, description="Seconds for boot and health probes.")
     env: str = Field(default_factory=lambda: os.environ.get("LEX_ENV", "development"),
                      description="Deployment environment; 'production' (or LEX_ENV) rejects weak secrets.")

@@ -17,7 +17,7 @@ from lexigram.di.provider import Provider, ProviderPriority
 from lexigram.logging import get_logger
 from pydantic import ValidationError
 
-from lexigram_storage.config import StorageConfig
+from lexigram_storage.config import StorageConfig, StorageEventsConfig
 from lexigram_storage.drivers.base import BaseDriver
 from lexigram_storage.drivers.memory import MemoryDriver
 from lexigram_storage.errors import StorageBootError, StorageConfigurationError
@@ -116,10 +116,13 @@ class StorageProvider(Provider):
     # ------------------------------------------------------------------ boot
 
     async def boot(self, container: Any) -> None:
+        policy = self._config.events if self._config else StorageEventsConfig()
         self.events = StorageEvents(
             bus=await _optional(container, EventBusProtocol),
             publisher=await _optional(container, DomainEventPublisherProtocol),
             hooks=await _optional(container, HookRegistryProtocol),
+            max_pending=policy.max_pending,
+            overflow=policy.overflow,
         )
         for driver in self.drivers.values():
             driver.events = self.events
@@ -152,7 +155,7 @@ class StorageProvider(Provider):
         if self._shut:
             return
         self._shut = True
-        await self.events.aclose()
+        await self.events.aclose(self._config.events.shutdown_timeout if self._config else 5.0)
         errors: list[str] = []
         for name, driver in reversed(list(self.drivers.items())):
             try:
@@ -179,9 +182,7 @@ class StorageProvider(Provider):
             failing = [n for n, r in zip(self.drivers, results, strict=True) if not r.is_healthy()]
             message = (f"{len(failing)} of {len(results)} backends unhealthy: {', '.join(failing)}"
                        if failing else f"{len(results)} backends healthy")
-            if self.events.dropped or self.events.failures:
-                details["events"] = {"dropped": self.events.dropped,
-                                     "failures": self.events.failures}
+            details["events"] = self.events.stats()
             return HealthCheckResult(component="storage", status=worst, message=message,
                                      duration_ms=(time.perf_counter() - start) * 1000,
                                      details=details)
@@ -204,7 +205,7 @@ async def _config_from_app(container: Any) -> StorageConfig:
         app_config = await container.resolve(ConfigProtocol)
         section = app_config.get_section("storage")
     data = dict(section or {})
-    for key in ("backends", "drivers", "service"):  # env gives complex values as JSON text
+    for key in ("backends", "drivers", "service", "events"):  # env gives complex values as JSON
         if isinstance(data.get(key), str):
             with contextlib.suppress(json.JSONDecodeError):
                 data[key] = json.loads(data[key])

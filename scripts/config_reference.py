@@ -9,6 +9,7 @@ from lexigram_storage.config import (
     NamedStorageConfig,
     StorageAzureConfig,
     StorageConfig,
+    StorageEventsConfig,
     StorageGCSConfig,
     StorageLocalConfig,
     StorageMemoryConfig,
@@ -60,12 +61,13 @@ def rows(model, prefix, env):
 
 print("| key | type | default | env var | meaning |\n|---|---|---|---|---|")
 for name, f in StorageConfig.model_fields.items():
-    if name in ("drivers", "service", "backends"):
+    if name in ("drivers", "service", "events", "backends"):
         continue
     print(
         f"| `{name}` | {esc(tname(f))} | {esc(default(f))} | `LEX_STORAGE__{name.upper()}` | {esc(f.description or '')} |"  # noqa: E501
     )
 rows(StorageOperationConfig, "service.", "LEX_STORAGE__SERVICE__")
+rows(StorageEventsConfig, "events.", "LEX_STORAGE__EVENTS__")
 for drv, model in [
     ("memory", StorageMemoryConfig),
     ("local", StorageLocalConfig),

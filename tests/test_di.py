@@ -299,7 +299,7 @@ async def test_health_reports_worst_status_with_details(running: list[Applicatio
     app = await start(running, app_with(providers=[provider]))
     healthy = await provider.health_check()
     assert healthy.status == HealthStatus.HEALTHY
-    assert set(healthy.details or {}) == {"avatars", "exports"}
+    assert set(healthy.details or {}) == {"avatars", "exports", "events"}
     provider.drivers["exports"] = Unhealthy(name="exports")
     result = await provider.health_check(timeout=1)
     assert result.status == HealthStatus.UNHEALTHY
