@@ -71,7 +71,9 @@ import heapq
 import hmac
 import itertools
 import json
+import math
 import os
+import re
 import secrets
 import stat
 import struct
@@ -128,6 +130,9 @@ _ABSENT = {errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG, errno.ELOOP}  # no o
 _SIGN_HINT = ("Set a signing key: LocalDriver(signing_key=...), or in configuration "
               "storage.drivers.local.signing_key / the environment variable "
               "LEX_STORAGE__DRIVERS__LOCAL__SIGNING_KEY.")
+_PRESIGN_METHODS = ("GET", "PUT")
+_EXPIRES = re.compile(r"[1-9][0-9]{0,15}")  # ASCII digits: a unix time, no sign, no padding
+_SIGNATURE = re.compile(r"[0-9a-f]{64}")  # hex HMAC-SHA256, as signed
 _counter = itertools.count()
 
 
@@ -1175,50 +1180,60 @@ class LocalDriver(BaseDriver):
             raise unsupported(self.name, "get_presigned_url without a signing_key", hint=_SIGN_HINT)
         if options:
             raise TypeError(f"{self.name}: unknown presign option(s) {sorted(options)}")
-        expires = int(time.time() + expires_in.total_seconds())
+        # whole seconds, rounded up: the URL is valid for at least expires_in (< 1 s more)
+        expires = math.ceil(time.time() + expires_in.total_seconds())
         signature = self._signature(method, key, expires)
         return f"{self._url(key)}?method={method}&expires={expires}&signature={signature}"
 
     def verify_presigned_url(self, url: str, method: str = "GET") -> str:
         """Check a URL made by ``get_presigned_url`` for *method*; return its key.
 
-        Raises ``StoragePermissionError`` when the URL is not signed by this driver's key, was
-        altered, has expired or was signed for another method; ``InvalidPathError`` for a key
-        that breaks the key rule."""
+        Raises ``StoragePermissionError`` for every URL that is not one this driver signed for
+        *method* and that has not expired: malformed, altered or truncated in any way, signed
+        with another key or for another method, or expired."""
         if self._signing_key is None:
             raise unsupported(self.name, "verify_presigned_url without a signing_key",
                               hint=_SIGN_HINT)
-        parts = urlsplit(url)
-        base_path = urlsplit(self.base_url).path.rstrip("/") + "/"
-        if not parts.path.startswith(base_path):
-            raise StoragePermissionError("the URL is not under this backend's base_url",
-                                         backend=self.name)
-        key = unquote(parts.path[len(base_path):], errors="strict")
-        query = parse_qs(parts.query, keep_blank_values=True)
+        key: str | None = None
+
+        def refused(reason: str) -> StoragePermissionError:
+            return StoragePermissionError(f"presigned URL {reason}", backend=self.name, key=key)
+
+        try:
+            parts = urlsplit(url)
+            base_path = urlsplit(self.base_url).path.rstrip("/") + "/"
+            if not parts.path.startswith(base_path):
+                raise refused("is not under this backend's base_url")
+            key = unquote(parts.path[len(base_path):], errors="strict")
+            query = parse_qs(parts.query, keep_blank_values=True, errors="strict")
+        except (ValueError, UnicodeError) as exc:  # bad percent-encoding, bad netloc, ...
+            raise refused("is malformed") from exc
 
         def one(name: str) -> str:
             values = query.get(name)
             if not values or len(values) != 1:
-                raise StoragePermissionError(f"presigned URL without a single {name!r}",
-                                             backend=self.name, key=key)
+                raise refused(f"without a single {name!r}")
             return values[0]
 
         signed_method, expires_text, signature = one("method"), one("expires"), one("signature")
-        if not expires_text.isdigit():
-            raise StoragePermissionError("presigned URL with a malformed expiry",
-                                         backend=self.name, key=key)
-        expected = self._signature(signed_method, key, int(expires_text))
-        if not hmac.compare_digest(expected.encode(), signature.encode()):
-            raise StoragePermissionError("presigned URL signature does not match",
-                                         backend=self.name, key=key)
+        if (signed_method not in _PRESIGN_METHODS or not _EXPIRES.fullmatch(expires_text)
+                or not _SIGNATURE.fullmatch(signature)):
+            raise refused("is malformed")
+        try:
+            expected = self._signature(signed_method, key, int(expires_text))
+        except UnicodeError as exc:  # a key that is no text (lone surrogates)
+            raise refused("is malformed") from exc
+        if not hmac.compare_digest(expected, signature):
+            raise refused("signature does not match")
         if signed_method != method.upper():
-            raise StoragePermissionError(
-                f"presigned URL was signed for {signed_method}, not {method.upper()}",
-                backend=self.name, key=key)
+            raise refused(f"was signed for {signed_method}, not {method.upper()}")
         if int(expires_text) < time.time():
-            raise StoragePermissionError("presigned URL has expired", backend=self.name, key=key)
-        validate_key(key, self.name)
-        self._reject_internal(key)
+            raise refused("has expired")
+        try:  # (a key signed before the key rule changed)
+            validate_key(key, self.name)
+            self._reject_internal(key)
+        except InvalidPathError as exc:
+            raise refused("names a key this driver no longer accepts") from exc
         return key
 
     # ------------------------------------------------------------------ health and errors
