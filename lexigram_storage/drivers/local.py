@@ -78,6 +78,7 @@ import secrets
 import stat
 import struct
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -269,6 +270,7 @@ class LocalDriver(BaseDriver):
         self._xattrs: bool | None = None  # None: not probed yet
         self._tmpfile = _HAS_PROC_FD and hasattr(os, "O_TMPFILE")
         self._ready = False
+        self._prepare_lock = threading.Lock()  # the first hops of a new driver run at once
         # staging/ stays open: temp files are created and named relative to this fd (one path
         # walk and two syscalls less per write); replaced fds are closed only by close()
         self._staging_fd: int | None = None
@@ -311,7 +313,14 @@ class LocalDriver(BaseDriver):
         """Create the root and staging area, check they are writable, remove stale temp files."""
         await self._hop(self._prepare_sync)
 
-    def _prepare_sync(self) -> None:
+    def _prepare_sync(self, again: bool = True) -> None:
+        """Prepare the root; *again* ``False``: only if that is not done yet (first use). Once
+        at a time: every worker thread of the first calls on a new driver may get here."""
+        with self._prepare_lock:
+            if again or not self._ready:
+                self._prepare_locked()
+
+    def _prepare_locked(self) -> None:
         try:
             os.makedirs(self._staging, exist_ok=True)
             self._real = os.path.realpath(self._root)
@@ -325,8 +334,8 @@ class LocalDriver(BaseDriver):
                     with contextlib.suppress(OSError):
                         if not _writer_alive(entry.name) or now - entry.stat().st_mtime > 86400:
                             os.unlink(entry.path)
-            probe = os.path.join(self._staging, f"{_process_prefix()}probe")
-            fd = os.open(probe, _OPEN_NEW | os.O_TRUNC, self._mode)
+            probe = self._staging_name(".probe")  # (unique: other drivers may share the root)
+            fd = os.open(probe, _OPEN_NEW, self._mode)
             try:
                 os.write(fd, b"ok")
                 self._probe_xattrs(fd)
@@ -358,7 +367,11 @@ class LocalDriver(BaseDriver):
 
     def _ensure_ready(self) -> None:
         if not self._ready:
-            self._prepare_sync()
+            self._prepare_sync(again=False)
+
+    def _staging_name(self, suffix: str) -> str:
+        """A new path in staging that no other writer (thread, process, driver) uses."""
+        return f"{self._staging}/{_process_prefix()}{next(_counter)}{suffix}"
 
     def _stage_fd(self, renew: bool = False) -> int:
         """The open staging directory; *renew* after it was removed behind our back (the old
