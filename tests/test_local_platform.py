@@ -13,14 +13,288 @@ import asyncio
 import os
 import threading
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
 from lexigram_storage.drivers import local
+from lexigram_storage.drivers._fs import Platform, darwin, linux, portable
 from lexigram_storage.drivers.local import INTERNAL_DIR, LocalDriver
-from lexigram_storage.errors import StoragePermissionError
+from lexigram_storage.errors import InvalidPathError, StoragePermissionError
+
+MiB = 1024 * 1024
+
+
+def strategies() -> list[Platform]:
+    """Every confinement strategy this machine can run."""
+    found = []
+    if linux.AVAILABLE:
+        found += [linux.PLATFORM, Platform("fd-path-only", linux.fd_path)]
+    if darwin.AVAILABLE:
+        found.append(darwin.PLATFORM)
+    found.append(portable.PLATFORM)
+    return found
+
+
+def driver_with(root: Path, platform: Platform, **kwargs: Any) -> LocalDriver:
+    driver = LocalDriver(root, portable=False, **kwargs)
+    driver._fs = platform
+    driver._tmpfile = platform.tmpfile
+    driver._xattrs = None if platform.xattrs else False
+    return driver
+
+
+def tree(path: Path) -> dict[str, bytes | None]:
+    """Every file (with its bytes) and directory (None) under *path*."""
+    out: dict[str, bytes | None] = {}
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in dirnames:
+            out[os.path.relpath(os.path.join(dirpath, name), path)] = None
+        for name in filenames:
+            full = os.path.join(dirpath, name)
+            out[os.path.relpath(full, path)] = Path(full).read_bytes()
+    return out
+
+
+async def chunks(*blocks: bytes) -> AsyncIterator[bytes]:
+    for block in blocks:
+        await asyncio.sleep(0)
+        yield block
+
+
+async def drain(it: AsyncIterator[bytes]) -> bytes:
+    return b"".join([c async for c in it])
+
+
+# ---------------------------------------------------------------------------- confinement
+
+
+@pytest.mark.local_modes("native")
+@pytest.mark.parametrize("platform", strategies(), ids=lambda p: p.name)
+async def test_every_operation_through_a_symlink_to_outside_is_refused(
+        tmp_path: Path, platform: Platform) -> None:
+    outside = tmp_path / "outside"
+    (outside / "sub").mkdir(parents=True)
+    (outside / "secret.txt").write_bytes(b"secret")
+    (outside / "sub" / "deep.txt").write_bytes(b"deep")
+    root = tmp_path / "root"
+    store = driver_with(root, platform, signing_key="k")
+    async with store:
+        await store.upload("inside.txt", b"inside")
+        (root / "linkdir").symlink_to(outside)
+        (root / "linkfile").symlink_to(outside / "secret.txt")
+        (root / "to-internal").symlink_to(root / INTERNAL_DIR)
+        before = tree(outside)
+        operations: dict[str, Callable[[], Awaitable[object]]] = {
+            "upload into": lambda: store.upload("linkdir/new.txt", b"x"),
+            "upload over": lambda: store.upload("linkdir/secret.txt", b"pwned"),
+            "upload deeper": lambda: store.upload("linkdir/sub/new.txt", b"x"),
+            "upload new dirs": lambda: store.upload("linkdir/a/b/new.txt", b"x"),
+            "upload streamed": lambda: store.upload("linkdir/big.bin", chunks(b"b" * MiB, b"b" * MiB)),
+            "upload create-only": lambda: store.upload("linkdir/c.txt", b"x", if_none_match="*"),
+            "upload into internal": lambda: store.upload("to-internal/staging/evil", b"x"),
+            "download via dir": lambda: store.download("linkdir/secret.txt"),
+            "download via file": lambda: store.download("linkfile"),
+            "download deep": lambda: store.download("linkdir/sub/deep.txt"),
+            "stream via dir": lambda: drain(store.stream("linkdir/secret.txt")),
+            "stream via file": lambda: drain(store.stream("linkfile", offset=1)),
+            "info via dir": lambda: store.info("linkdir/secret.txt"),
+            "info via file": lambda: store.info("linkfile"),
+            "exists via dir": lambda: store.exists("linkdir/secret.txt"),
+            "exists via file": lambda: store.exists("linkfile"),
+            "copy from dir": lambda: store.copy("linkdir/secret.txt", "stolen.txt"),
+            "copy from file": lambda: store.copy("linkfile", "stolen.txt"),
+            "copy into": lambda: store.copy("inside.txt", "linkdir/planted.txt"),
+            "move from dir": lambda: store.move("linkdir/secret.txt", "stolen.txt"),
+            "move from file": lambda: store.move("linkfile", "stolen.txt"),
+            "move into": lambda: store.move("inside.txt", "linkdir/planted.txt"),
+            "delete via dir": lambda: store.delete("linkdir/secret.txt"),
+            "delete deep": lambda: store.delete("linkdir/sub/deep.txt"),
+        }
+        not_refused = []
+        for name, operation in operations.items():
+            try:
+                await operation()
+            except InvalidPathError:
+                continue
+            except Exception as exc:
+                not_refused.append(f"{name}: {exc!r}")
+            else:
+                not_refused.append(name)
+        assert not_refused == []
+        assert tree(outside) == before
+        assert [i.path async for i in store.list()] == ["inside.txt"]
+        assert [i.path async for i in store.list("linkdir/")] == []
+        assert await store.download("inside.txt") == b"inside"
+        assert not (root / "stolen.txt").exists()
+        assert os.listdir(root / INTERNAL_DIR / "staging") == []
+
+
+@pytest.mark.local_modes("native")
+@pytest.mark.parametrize("platform", strategies(), ids=lambda p: p.name)
+async def test_symlinks_inside_the_root_per_strategy(tmp_path: Path, platform: Platform) -> None:
+    """Strategies that can tell where an fd lies follow a symlink that stays inside the root;
+    the portable walk refuses every symlink, and says so."""
+    store = driver_with(tmp_path / "root", platform)
+    async with store:
+        await store.upload("real/file.txt", b"inside")
+        (store.root / "alias.txt").symlink_to(store.root / "real" / "file.txt")
+        (store.root / "aliasdir").symlink_to(store.root / "real")
+        for key in ("alias.txt", "aliasdir/file.txt"):
+            if platform.fd_path is not None:
+                assert await store.download(key) == b"inside"
+            else:
+                with pytest.raises(InvalidPathError, match="symlink"):
+                    await store.download(key)
+        await store.upload("alias.txt", b"replaces the link")  # never writes through it
+        assert (store.root / "real" / "file.txt").read_bytes() == b"inside"
+        assert not (store.root / "alias.txt").is_symlink()
+
+
+@pytest.mark.local_modes("native")
+def test_the_real_path_check_shared_by_fd_path_strategies(tmp_path: Path) -> None:
+    """What Linux and macOS share: the path the kernel reports for an fd is checked against the
+    root (here a stand-in reports the paths); a failed or impossible lookup is a refusal."""
+    reported: dict[int, str] = {}
+
+    def fd_path(fd: int) -> str:
+        if fd not in reported:
+            raise OSError(9, "Bad file descriptor")
+        return reported[fd]
+
+    store = driver_with(tmp_path / "root", Platform("stand-in", fd_path))
+    root = store._real
+    cases = {
+        root: True,
+        f"{root}/a": True,
+        f"{root}/a/b.txt": True,
+        f"{root}/.lexigramx/a": True,
+        f"{root}/{INTERNAL_DIR}": False,
+        f"{root}/{INTERNAL_DIR}/meta/1-2": False,
+        f"{root}x/a": False,
+        os.path.dirname(root): False,
+        "/": False,
+        "/etc/passwd": False,
+    }
+    for i, (path, allowed) in enumerate(cases.items()):
+        reported[i] = path
+        if allowed:
+            store._check_fd(i, "k")
+        else:
+            with pytest.raises(local._Escape):
+                store._check_fd(i, "k")
+    with pytest.raises(local._Escape):
+        store._check_fd(12345, "k")  # the lookup fails: refused, never passed
+    walker = driver_with(tmp_path / "root", portable.PLATFORM)
+    with pytest.raises(local._Escape):
+        walker._check_fd(0, "k")  # a strategy that cannot tell: refused
+
+
+@pytest.mark.skipif(not darwin.AVAILABLE, reason="fcntl(F_GETPATH) is macOS-only")
+@pytest.mark.local_modes("native")
+def test_darwin_fd_path_reports_the_real_path(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"x")
+    fd = os.open(tmp_path / "f", os.O_RDONLY)
+    try:
+        assert os.path.samefile(darwin.fd_path(fd), tmp_path / "f")
+    finally:
+        os.close(fd)
+
+
+def test_strategy_selection(tmp_path: Path, local_mode: str) -> None:
+    """One switch: the environment (or portable=True) picks the portable pieces."""
+    store = LocalDriver(tmp_path / "root")
+    if local_mode == "portable":
+        assert store._fs is portable.PLATFORM
+    elif linux.AVAILABLE:
+        assert store._fs is linux.PLATFORM
+    assert LocalDriver(tmp_path / "root", portable=True)._fs is portable.PLATFORM
+    assert LocalDriver(tmp_path / "root", portable=False)._fs is not portable.PLATFORM or not (
+        linux.AVAILABLE or darwin.AVAILABLE)
+
+
+# ---------------------------------------------------------------------------- the portable switch
+
+
+async def test_portable_mode_uses_no_linux_path(tmp_path: Path, local_mode: str,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Portable mode never touches xattrs, /proc/self/fd, O_TMPFILE, openat2 or preadv2 (the
+    native run proves each tripwire fires), and shows it on disk: no xattr, a sidecar per
+    object, named temp files in staging."""
+    tripped: set[str] = set()
+
+    def wire(name: str, real: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            tripped.add(name)
+            return real(*args, **kwargs)
+        return call
+
+    for name in ("setxattr", "getxattr", "readlink", "preadv"):
+        if hasattr(os, name):
+            monkeypatch.setattr(os, name, wire(name, getattr(os, name)))
+    monkeypatch.setattr(local, "_open_cached", wire("openat2", local._open_cached))
+    real_open, real_link = os.open, os.link
+    tmpfile = getattr(os, "O_TMPFILE", 0)
+
+    def open_(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if tmpfile and flags & tmpfile == tmpfile:
+            tripped.add("O_TMPFILE")
+        return real_open(path, flags, *args, **kwargs)
+
+    def link(src: Any, dst: Any, *args: Any, **kwargs: Any) -> None:
+        if str(src).startswith("/proc/"):
+            tripped.add("/proc/self/fd")
+        real_link(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", open_)
+    monkeypatch.setattr(os, "link", link)
+
+    root = tmp_path / "root"
+    staging = root / INTERNAL_DIR / "staging"
+    reached, release = asyncio.Event(), asyncio.Event()
+
+    async def held_upload() -> AsyncIterator[bytes]:
+        yield b"h" * (3 * MiB // 2)
+        yield b"h" * (3 * MiB // 2)  # the first block's hop has been awaited by now
+        reached.set()
+        await release.wait()
+        yield b"h"
+
+    async with LocalDriver(root, signing_key="k") as store:
+        await store.upload("m/a.txt", b"a", metadata={"k": "v"})
+        await store.upload("m/a.txt", b"a2", metadata={"k": "v2"})
+        await store.upload("b.bin", chunks(b"b" * MiB, b"b" * MiB))
+        assert await store.download("m/a.txt") == b"a2"
+        assert await store.download("m/a.txt") == b"a2"  # cached now, where that exists
+        assert await drain(store.stream("b.bin")) == b"b" * 2 * MiB
+        assert (await store.info("m/a.txt")).metadata == {"k": "v2"}
+        await store.copy("m/a.txt", "c.txt")
+        await store.move("c.txt", "d/e.txt")
+        assert [i.path async for i in store.list()] == ["b.bin", "d/e.txt", "m/a.txt"]
+        await store.health_check()
+        upload = asyncio.ensure_future(store.upload("held.bin", held_upload()))
+        await reached.wait()
+        temps = os.listdir(staging)
+        release.set()
+        await upload
+        await store.delete("b.bin")
+        if local_mode == "portable":
+            assert store._fs.name == "portable"
+            assert tripped == set()
+            assert [t for t in temps if t.endswith(".tmp")]  # a named temp file
+            assert "user.lexigram" not in os.listxattr(root / "m" / "a.txt")
+            st = os.stat(root / "m" / "a.txt")
+            assert (root / INTERNAL_DIR / "meta" / f"{st.st_dev}-{st.st_ino}").is_file()
+        elif linux.AVAILABLE:
+            assert temps == []  # O_TMPFILE: unnamed
+            expected = {"setxattr", "getxattr", "readlink", "O_TMPFILE", "/proc/self/fd"}
+            if local._openat2 is not None:
+                expected |= {"openat2", "preadv"}
+            assert expected <= tripped
+
 
 # ---------------------------------------------------------------------------- first use
 

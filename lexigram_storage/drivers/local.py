@@ -3,7 +3,7 @@
 Layout
     ``<root>/<key>`` holds the object ``key``; ``<root>/.lexigram/`` is the driver's own area
     (``staging/`` for temp files, ``meta/`` for metadata sidecars when the filesystem has no
-    extended attributes). Keys whose first segment is ``.lexigram`` are rejected.
+    user extended attributes). Keys whose first segment is ``.lexigram`` are rejected.
 
     S3 allows what a filesystem does not, and this driver allows it too:
 
@@ -26,11 +26,26 @@ Atomicity
     named temp files of a killed process are removed by ``prepare()``. ``copy`` writes a temp
     copy and renames it; ``move`` is a rename (the metadata travels with the inode).
 
-Symlinks
-    Every file and directory the driver opens is checked after opening (``/proc/self/fd``): if
-    it resolves outside the root, or into ``.lexigram/``, the call fails with
-    ``InvalidPathError`` before any byte is read or written. Listings skip symlinked
-    directories and symlinks leading outside the root.
+Platforms and symlinks (``lexigram_storage/drivers/_fs/``; one strategy per driver)
+    linux
+        Every file and directory the driver opens by a key's path is checked after opening:
+        the kernel's path for the fd (``/proc/self/fd``) must lie inside the root and outside
+        ``.lexigram/``, else the call fails with ``InvalidPathError`` before any byte is read
+        or written. A symlink that stays inside the root is followed. Also used: unnamed temp
+        files (``O_TMPFILE``), the ``user.lexigram`` xattr, cached reads (below).
+    darwin (macOS)
+        The same check, with ``fcntl(F_GETPATH)`` as the fd's path. No ``O_TMPFILE`` (named
+        temp files in staging), no xattrs (Python has no ``os.setxattr`` there: sidecars), no
+        cached reads.
+    portable (any other POSIX system, or ``LEX_STORAGE_LOCAL_PORTABLE=1`` / ``portable=True``)
+        Nothing tells where an fd lies, so nothing is followed: a key's path is opened one
+        segment at a time from the root's fd with ``O_NOFOLLOW``, and every symlink below the
+        root is refused with ``InvalidPathError``, even one that stays inside (the root itself
+        may be a symlink). Named temp files, sidecar metadata, no cached reads.
+
+    Whatever the strategy, an fd is never used unchecked: where the path of an fd cannot be
+    had, it is refused. Listings skip symlinked directories, symlinks leading outside the root
+    and, in the portable strategy, every symlink.
 
 Speed, and what runs on the event loop
     Writes always run in worker threads: creating a file can wait for the disk or the journal
@@ -43,9 +58,9 @@ Speed, and what runs on the event loop
     is consumed), whatever ``chunk_size`` the caller asked for; ``info``, ``delete``,
     ``copy``, ``move`` and each listing page are one hop.
 
-    A download of up to 64 KiB is served on the event loop only where the kernel guarantees
-    it will not wait: ``openat2(RESOLVE_CACHED)`` (the path is resolved from the dentry cache
-    or the call fails with EAGAIN) with ``O_NOATIME`` (no inode update), fstat, the symlink
+    On Linux, a download of up to 64 KiB is served on the event loop where the kernel
+    guarantees it will not wait: ``openat2(RESOLVE_CACHED)`` (the path is resolved from the
+    dentry cache or the call fails with EAGAIN) with ``O_NOATIME`` (no inode update), fstat, the symlink
     check, ``preadv2(RWF_NOWAIT)`` (page cache only, else EAGAIN). Anything else -- a cold
     path, bytes not in memory, a larger object, an older kernel -- is one hop.
 
@@ -54,17 +69,17 @@ Speed, and what runs on the event loop
 
 Serving presigned URLs
     ``get_presigned_url`` returns ``<base_url>/<quoted key>?method=GET&expires=<unix>&signature=
-    <hex HMAC-SHA256>``. A web app mounts a route on ``base_url``'s path, passes the full request
+    <hex HMAC-SHA256>`` (the expiry rounded up to the second: valid for at least
+    ``expires_in``). A web app mounts a route on ``base_url``'s path, passes the full request
     URL and method to ``LocalDriver.verify_presigned_url(url, method)``, which returns the key or
-    raises ``StoragePermissionError``, and then answers with ``store.stream(key)`` (GET) or
-    ``store.upload(key, request_body_stream)`` (PUT).
+    raises ``StoragePermissionError`` (for any URL it did not sign, however malformed), and then
+    answers with ``store.stream(key)`` (GET) or ``store.upload(key, request_body_stream)`` (PUT).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import errno
 import hashlib
 import heapq
@@ -77,7 +92,6 @@ import re
 import secrets
 import stat
 import struct
-import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Generator, Iterator
@@ -92,6 +106,12 @@ from lexigram.contracts.infra.storage import StorageError
 from pydantic import SecretStr
 
 from lexigram_storage.config import NamedStorageConfig, StorageLocalConfig
+from lexigram_storage.drivers import _fs
+from lexigram_storage.drivers._fs import Escape as _Escape
+from lexigram_storage.drivers._fs import portable as _portable
+from lexigram_storage.drivers._fs.linux import OPENAT2 as _openat2
+from lexigram_storage.drivers._fs.linux import open_cached as _open_cached
+from lexigram_storage.drivers._fs.linux import pread_nowait as _pread_nowait
 from lexigram_storage.drivers.base import BaseDriver, create_only_conflict
 from lexigram_storage.errors import (
     InvalidPathError,
@@ -125,9 +145,7 @@ _OPEN_READ = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0)
 _OPEN_TMPFILE = os.O_WRONLY | getattr(os, "O_TMPFILE", 0) | getattr(os, "O_CLOEXEC", 0)
 _OPEN_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-_HAS_PROC_FD = sys.platform.startswith("linux") and os.path.isdir("/proc/self/fd")
 _XATTR_UNSUPPORTED = {errno.ENOTSUP, getattr(errno, "EOPNOTSUPP", errno.ENOTSUP)}
-_ABSENT = {errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG, errno.ELOOP}  # no object there
 _SIGN_HINT = ("Set a signing key: LocalDriver(signing_key=...), or in configuration "
               "storage.drivers.local.signing_key / the environment variable "
               "LEX_STORAGE__DRIVERS__LOCAL__SIGNING_KEY.")
@@ -226,10 +244,6 @@ def _info(key: str, st: os.stat_result, meta: _Meta) -> ObjectInfo:
     )
 
 
-class _Escape(Exception):
-    """A path resolved outside the root or into the driver's own area."""
-
-
 class LocalDriver(BaseDriver):
     """Objects are files under ``root_dir``; see the module docstring for the guarantees.
 
@@ -240,6 +254,9 @@ class LocalDriver(BaseDriver):
         signing_key: HMAC key for ``get_presigned_url`` (``str`` or ``SecretStr``).
         fsync: fsync each file and its directory before a write returns (durable across
             power loss, slower).
+        portable: use only the portable pieces (the symlink-refusing walk, named temp files,
+            sidecar metadata) even where Linux's or macOS's are available; ``None`` (default):
+            ``True`` when the environment variable ``LEX_STORAGE_LOCAL_PORTABLE`` is ``1``.
     """
 
     driver = "local"
@@ -251,13 +268,16 @@ class LocalDriver(BaseDriver):
         signing_key: str | SecretStr | None = None,
         *,
         fsync: bool = False,
+        portable: bool | None = None,
         name: str | None = None,
         policy: UploadPolicy | None = None,
         events: StorageEvents | None = None,
     ) -> None:
         super().__init__(name=name, policy=policy, events=events)
         self._root = os.path.abspath(os.fspath(root_dir))
-        self._real = os.path.realpath(self._root)
+        # how paths are confined and which kernel features are used (see the module docstring)
+        self._fs = _fs.select(_fs.portable_requested() if portable is None else portable)
+        self._real = self._root_real()
         self._staging = os.path.join(self._root, INTERNAL_DIR, _STAGING)
         self._meta_dir = os.path.join(self._root, INTERNAL_DIR, _META)
         self._internal_real = os.path.join(self._real, INTERNAL_DIR)
@@ -267,8 +287,8 @@ class LocalDriver(BaseDriver):
         self._signing_key: bytes | None = signing_key.encode() if signing_key else None
         self.fsync = fsync
         self._mode = 0o666 & ~_umask()
-        self._xattrs: bool | None = None  # None: not probed yet
-        self._tmpfile = _HAS_PROC_FD and hasattr(os, "O_TMPFILE")
+        self._xattrs: bool | None = None if self._fs.xattrs else False  # None: not probed yet
+        self._tmpfile = self._fs.tmpfile
         self._ready = False
         self._prepare_lock = threading.Lock()  # the first hops of a new driver run at once
         # staging/ stays open: temp files are created and named relative to this fd (one path
@@ -323,7 +343,7 @@ class LocalDriver(BaseDriver):
     def _prepare_locked(self) -> None:
         try:
             os.makedirs(self._staging, exist_ok=True)
-            self._real = os.path.realpath(self._root)
+            self._real = self._root_real()
             self._internal_real = os.path.join(self._real, INTERNAL_DIR)
             now = time.time()
             with os.scandir(self._staging) as entries:
@@ -356,14 +376,20 @@ class LocalDriver(BaseDriver):
         self._ready = True
 
     def _probe_xattrs(self, fd: int) -> None:
-        if self._xattrs is not None:
-            return
-        try:
-            os.setxattr(fd, _XATTR, b"{}")
-            self._xattrs = True
-        except (OSError, AttributeError):
-            self._xattrs = False
-            os.makedirs(self._meta_dir, exist_ok=True)
+        if self._xattrs is None:
+            try:
+                os.setxattr(fd, _XATTR, b"{}")
+                self._xattrs = True
+                return
+            except (OSError, AttributeError):  # (macOS: Python has no os.setxattr)
+                pass
+        if not self._xattrs:
+            self._use_sidecars()
+
+    def _use_sidecars(self) -> None:
+        """Metadata goes to sidecars from now on."""
+        self._xattrs = False
+        os.makedirs(self._meta_dir, exist_ok=True)
 
     def _ensure_ready(self) -> None:
         if not self._ready:
@@ -372,6 +398,19 @@ class LocalDriver(BaseDriver):
     def _staging_name(self, suffix: str) -> str:
         """A new path in staging that no other writer (thread, process, driver) uses."""
         return f"{self._staging}/{_process_prefix()}{next(_counter)}{suffix}"
+
+    def _root_real(self) -> str:
+        """The root's real path, as the platform reports the paths of open files (on macOS
+        ``F_GETPATH`` may spell it differently from ``realpath``: case, firmlinks)."""
+        fd_path = self._fs.fd_path
+        if fd_path is not None:
+            with contextlib.suppress(OSError):
+                fd = os.open(self._root, _OPEN_DIR)
+                try:
+                    return fd_path(fd)
+                finally:
+                    os.close(fd)
+        return os.path.realpath(self._root)
 
     def _stage_fd(self, renew: bool = False) -> int:
         """The open staging directory; *renew* after it was removed behind our back (the old
@@ -399,14 +438,16 @@ class LocalDriver(BaseDriver):
     # ------------------------------------------------------------------ path safety
 
     def _check_fd(self, fd: int, key: str | None) -> None:
-        """Fail unless the opened file or directory lies inside the root, outside .lexigram."""
-        if _HAS_PROC_FD:
-            try:
-                real = os.readlink(f"/proc/self/fd/{fd}")
-            except OSError:
-                return
-        else:  # pragma: no cover - non-Linux fallback
-            return
+        """Fail unless the opened file or directory lies inside the root, outside .lexigram.
+        Where the platform cannot tell where an fd lies (the portable walk, whose fds need no
+        check) or fails to, the fd is refused: there is no unchecked path."""
+        fd_path = self._fs.fd_path
+        if fd_path is None:
+            raise _Escape(f"fd {fd}: the {self._fs.name} strategy cannot tell where it lies")
+        try:
+            real = fd_path(fd)
+        except OSError as exc:
+            raise _Escape(f"fd {fd}: {exc}") from None
         self._check_real(real, key)
 
     def _check_real(self, real: str, key: str | None) -> None:
@@ -431,10 +472,18 @@ class LocalDriver(BaseDriver):
         return fd
 
     def _open_link_target(self, name: str, dir_fd: int, key: str) -> int:
-        """Open the directory a symlink *name* points to, refusing a target outside the root."""
+        """Open the directory a symlink *name* points to, refusing a target outside the root
+        (the portable walk refuses every symlink)."""
+        if self._fs.fd_path is None:
+            raise self._escape_error(key)
         return self._checked(os.open(name, _OPEN_DIR, dir_fd=dir_fd), key)
 
     def _escape_error(self, key: str | None) -> InvalidPathError:
+        if self._fs.fd_path is None:
+            return InvalidPathError(
+                "the key runs through a symlink: the portable confinement refuses every "
+                "symlink below the storage root, as it cannot tell whether it leads outside",
+                backend=self.name, key=key)
         return InvalidPathError("the key resolves outside the storage root (symlink)",
                                 backend=self.name, key=key)
 
@@ -450,6 +499,8 @@ class LocalDriver(BaseDriver):
         """Open the object's file for reading: (fd, stat), or None when there is none."""
         self._reject_internal(key)
         parts = _components(key)
+        if self._fs.fd_path is None:
+            return self._walk_to_object(parts, key)
         path = self._path(parts)
         for candidate in (path, path + _SELF):
             try:
@@ -471,9 +522,55 @@ class LocalDriver(BaseDriver):
             return self._checked(fd, key), st
         return None
 
+    def _walk_to_object(self, parts: list[str], key: str) -> tuple[int, os.stat_result] | None:
+        """``_open_object`` by the portable walk: no symlink is followed, on the way or at the
+        end (one is refused), so the file is inside the root by construction."""
+        try:
+            dfd = _portable.open_dir(self._root, parts[:-1])
+        except _Escape:
+            raise self._escape_error(key) from None
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            if exc.errno == errno.ENAMETOOLONG:
+                return None
+            raise
+        try:
+            for name in (parts[-1], parts[-1] + _SELF):
+                try:
+                    fd = _portable.open_in(dfd, name, _OPEN_READ)
+                except _Escape:
+                    raise self._escape_error(key) from None
+                except (FileNotFoundError, NotADirectoryError):
+                    continue
+                except OSError as exc:
+                    if exc.errno == errno.ENAMETOOLONG:
+                        continue
+                    raise
+                try:
+                    st = os.fstat(fd)
+                except BaseException:
+                    os.close(fd)
+                    raise
+                if stat.S_ISREG(st.st_mode):
+                    return fd, st
+                os.close(fd)
+            return None
+        finally:
+            os.close(dfd)
+
     def _open_parent(self, parts: list[str], key: str, create: bool) -> int | None:
         """An fd of the directory that holds the object's file (checked to be inside the root);
         creates the missing directories (never through a symlink leading outside) when asked."""
+        if self._fs.fd_path is None:  # the portable walk: no symlink on the way
+            try:
+                return _portable.open_dir(self._root, parts[:-1])
+            except _Escape:
+                raise self._escape_error(key) from None
+            except (FileNotFoundError, NotADirectoryError):
+                if not create:
+                    return None
+                return self._make_parents(parts, key)
         parent = self._root if len(parts) == 1 else self._path(parts[:-1])
         try:
             fd = os.open(parent, _OPEN_DIR)
@@ -527,8 +624,7 @@ class LocalDriver(BaseDriver):
                 return
             except OSError as exc:
                 if exc.errno in _XATTR_UNSUPPORTED:
-                    self._xattrs = False
-                    os.makedirs(self._meta_dir, exist_ok=True)
+                    self._use_sidecars()
                 elif exc.errno not in (errno.E2BIG, errno.ENOSPC, errno.ERANGE):
                     raise
                 else:  # too big for an attribute: a sidecar, and a marker pointing to it
@@ -893,7 +989,7 @@ class LocalDriver(BaseDriver):
         """The whole object, read on the event loop when that cannot block: it is at most
         ``_INLINE_READ`` bytes and the kernel has its path and all its bytes in memory (see
         ``_open_cached``; the read uses ``RWF_NOWAIT``). ``None``: read it in a thread."""
-        if _openat2 is None:
+        if _openat2 is None or not self._fs.cached_reads:
             return None
         self._reject_internal(key)
         path = self._path(_components(key))
@@ -1162,6 +1258,8 @@ class LocalDriver(BaseDriver):
     def _entry_info(self, key: str, entry: os.DirEntry[str]) -> ObjectInfo | None:
         try:
             if entry.is_symlink():
+                if self._fs.fd_path is None:  # the portable walk refuses every symlink
+                    return None
                 try:
                     self._check_real(os.path.realpath(entry.path), key)
                 except _Escape:
@@ -1267,7 +1365,7 @@ class LocalDriver(BaseDriver):
                 raise OSError(errno.EIO, "health probe read back different bytes", tmp)
         finally:
             _discard(fd, tmp)
-        return {"root": self._root, "xattrs": bool(self._xattrs),
+        return {"root": self._root, "xattrs": bool(self._xattrs), "platform": self._fs.name,
                 "probe_ms": round((time.perf_counter() - start) * 1000, 3)}
 
     def _map_error(self, exc: BaseException, key: str | None) -> StorageError | None:
@@ -1365,77 +1463,6 @@ def _lstat_at(name: str, dfd: int) -> os.stat_result | None:
         return os.stat(name, dir_fd=dfd, follow_symlinks=False)
     except FileNotFoundError:
         return None
-
-
-class _OpenHow(ctypes.Structure):
-    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
-                ("resolve", ctypes.c_uint64)]
-
-
-_SYS_OPENAT2 = 437  # the same number on every Linux architecture
-_AT_FDCWD = -100
-_RESOLVE_CACHED = 0x20  # Linux 5.12: fail with EAGAIN instead of doing I/O for the lookup
-_RWF_NOWAIT: int = getattr(os, "RWF_NOWAIT", 0)
-_O_NOATIME: int = getattr(os, "O_NOATIME", 0)
-
-
-def _load_openat2() -> Any:
-    if not (_HAS_PROC_FD and _RWF_NOWAIT and hasattr(os, "preadv")):
-        return None
-    try:
-        fn = ctypes.CDLL(None, use_errno=True).syscall
-    except (OSError, AttributeError):  # pragma: no cover - no libc syscall()
-        return None
-    fn.restype = ctypes.c_long
-    fn.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p,
-                   ctypes.c_size_t]
-    return fn
-
-
-_openat2: Any = _load_openat2()
-
-
-def _open_cached(path: str) -> int | None:
-    """Open *path* for reading if the kernel can resolve it from its caches, without I/O and
-    without updating the access time (``openat2`` with ``RESOLVE_CACHED``, ``O_NOATIME``).
-
-    Returns the fd, or ``None`` when that is not possible (the lookup would wait for the disk,
-    openat2 is unavailable, or any error other than "no such file": the caller then does the
-    work in a thread, where the error is reported). Raises ``FileNotFoundError`` for a path
-    that does not lead to a file."""
-    global _openat2
-    fn = _openat2
-    if fn is None:
-        return None
-    raw = os.fsencode(path)
-    how = _OpenHow(_OPEN_READ | _O_NOATIME, 0, _RESOLVE_CACHED)
-    fd: int = fn(_SYS_OPENAT2, _AT_FDCWD, raw, ctypes.byref(how), ctypes.sizeof(how))
-    if fd < 0 and ctypes.get_errno() == errno.EPERM and _O_NOATIME:  # not our file
-        how.flags = _OPEN_READ
-        fd = fn(_SYS_OPENAT2, _AT_FDCWD, raw, ctypes.byref(how), ctypes.sizeof(how))
-    if fd >= 0:
-        return fd
-    err = ctypes.get_errno()
-    if err in _ABSENT:
-        raise FileNotFoundError(err, os.strerror(err), path)
-    if err in (errno.ENOSYS, errno.EINVAL, errno.E2BIG, errno.EPERM):
-        _openat2 = None  # old kernel, or a seccomp filter (containers) refusing the syscall
-    return None
-
-
-def _pread_nowait(fd: int, size: int) -> bytes | None:
-    """The first *size* bytes of *fd* if they are all in the page cache, else ``None``."""
-    global _openat2
-    buf = bytearray(size)
-    try:
-        got = os.preadv(fd, [buf], 0, _RWF_NOWAIT)
-    except BlockingIOError:
-        return None
-    except OSError as exc:
-        if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # filesystem without RWF_NOWAIT
-            _openat2 = None
-        return None
-    return bytes(buf) if got == size else None
 
 
 class _Temp:
