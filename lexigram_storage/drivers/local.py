@@ -47,6 +47,13 @@ Platforms and symlinks (``lexigram_storage/drivers/_fs/``; one strategy per driv
     had, it is refused. Listings skip symlinked directories, symlinks leading outside the root
     and, in the portable strategy, every symlink.
 
+Metadata sidecars
+    Where there are no user xattrs (macOS, portable, some Linux filesystems) an object's
+    metadata is the file ``meta/<dev>-<ino>``, beside a hard link to the object's inode
+    (``meta/<dev>-<ino>.link``) that keeps the inode number from being reused while the record
+    exists. Temp files are then always named ones, and a replaced or deleted object's sidecar
+    is collected without a check-then-delete race (see ``_fs/sidecar.py``).
+
 Speed, and what runs on the event loop
     Writes always run in worker threads: creating a file can wait for the disk or the journal
     (on ext4 without a journal it also scans past every inode freed in the last minute: up to
@@ -112,6 +119,7 @@ from lexigram_storage.drivers._fs import portable as _portable
 from lexigram_storage.drivers._fs.linux import OPENAT2 as _openat2
 from lexigram_storage.drivers._fs.linux import open_cached as _open_cached
 from lexigram_storage.drivers._fs.linux import pread_nowait as _pread_nowait
+from lexigram_storage.drivers._fs.sidecar import Sidecars
 from lexigram_storage.drivers.base import BaseDriver, create_only_conflict
 from lexigram_storage.errors import (
     InvalidPathError,
@@ -280,6 +288,7 @@ class LocalDriver(BaseDriver):
         self._real = self._root_real()
         self._staging = os.path.join(self._root, INTERNAL_DIR, _STAGING)
         self._meta_dir = os.path.join(self._root, INTERNAL_DIR, _META)
+        self._sidecars = Sidecars(self._meta_dir, self._staging_name)
         self._internal_real = os.path.join(self._real, INTERNAL_DIR)
         self.base_url = base_url.rstrip("/")
         if isinstance(signing_key, SecretStr):
@@ -362,6 +371,8 @@ class LocalDriver(BaseDriver):
             finally:
                 os.close(fd)
                 os.unlink(probe)
+            if self._xattrs is False:
+                self._sidecars.sweep()  # anchors of writers that failed or were killed
             if self._staging_fd is None:
                 self._staging_fd = os.open(self._staging, _OPEN_DIR)
         except OSError as exc:
@@ -387,8 +398,10 @@ class LocalDriver(BaseDriver):
             self._use_sidecars()
 
     def _use_sidecars(self) -> None:
-        """Metadata goes to sidecars from now on."""
+        """Metadata goes to sidecars from now on. Temp files are then named ones: a sidecar's
+        anchor (see ``_fs.sidecar``) must never be the only name of a file being written."""
         self._xattrs = False
+        self._tmpfile = False
         os.makedirs(self._meta_dir, exist_ok=True)
 
     def _ensure_ready(self) -> None:
@@ -616,7 +629,10 @@ class LocalDriver(BaseDriver):
 
     # ------------------------------------------------------------------ metadata
 
-    def _store_meta(self, fd: int, meta: _Meta) -> None:
+    def _store_meta(self, state: _Temp, meta: _Meta) -> None:
+        """Give the complete temp file of *state* its metadata (before it gets its name)."""
+        fd = state.fd
+        assert fd is not None
         raw = meta.encode()
         if self._xattrs:
             try:
@@ -628,22 +644,16 @@ class LocalDriver(BaseDriver):
                 elif exc.errno not in (errno.E2BIG, errno.ENOSPC, errno.ERANGE):
                     raise
                 else:  # too big for an attribute: a sidecar, and a marker pointing to it
-                    self._write_sidecar(fd, raw)
+                    self._sidecars.write(fd, raw, None)  # (the marker is its identity)
                     os.setxattr(fd, _XATTR, b'{"sidecar":1}')
                     return
-        self._write_sidecar(fd, raw)
-
-    def _sidecar(self, st: os.stat_result) -> str:
-        return f"{self._meta_dir}/{st.st_dev}-{st.st_ino}"
-
-    def _write_sidecar(self, fd: int, raw: bytes) -> None:
-        os.makedirs(self._meta_dir, exist_ok=True)
-        st = os.fstat(fd)
-        record = json.dumps({"size": st.st_size, "mtime": st.st_mtime_ns}).encode() + b"\n" + raw
-        tmp = f"{self._staging}/{_process_prefix()}{next(_counter)}.meta"
-        with open(tmp, "wb") as f:
-            f.write(record)
-        os.replace(tmp, self._sidecar(st))
+        # the anchor is linked from the temp file's name (an unnamed one only when xattrs
+        # turned out unsupported after it was opened)
+        if state.path is not None:
+            base = self._sidecars.write(fd, raw, state.path)
+        else:
+            base = self._sidecars.write(fd, raw, f"/proc/self/fd/{fd}", follow=True)
+        state.undo = lambda: self._sidecars.collect(base)  # if the write is not committed
 
     def _load_meta(self, fd: int, st: os.stat_result, key: str) -> _Meta:
         raw: bytes | None = None
@@ -659,20 +669,14 @@ class LocalDriver(BaseDriver):
         return _Meta.decode(raw, key)
 
     def _read_sidecar(self, st: os.stat_result) -> bytes | None:
-        try:
-            with open(self._sidecar(st), "rb") as f:
-                head, _, raw = f.read().partition(b"\n")
-            check = json.loads(head)
-        except (OSError, ValueError):
-            return None
-        if check.get("size") != st.st_size or check.get("mtime") != st.st_mtime_ns:
-            return None  # a sidecar of a former file with the same inode number
-        return raw
+        return self._sidecars.read(st)
 
     def _drop_sidecar(self, st: os.stat_result | None) -> None:
+        """After the file *st* lost its name: collect its sidecar unless the inode still has
+        another name (whatever happened since *st* was taken: see ``_fs.sidecar``)."""
         if st is not None and self._xattrs is False:
             with contextlib.suppress(OSError):
-                os.unlink(self._sidecar(st))
+                self._sidecars.drop(st)
 
     # ------------------------------------------------------------------ writing
 
@@ -775,7 +779,7 @@ class LocalDriver(BaseDriver):
         try:
             if parts:
                 self._write_parts(fd, parts)
-            self._store_meta(fd, meta)
+            self._store_meta(state, meta)
             if self.fsync:
                 os.fsync(fd)
             st = os.fstat(fd)
@@ -1466,23 +1470,28 @@ def _lstat_at(name: str, dfd: int) -> os.stat_result | None:
 
 
 class _Temp:
-    """A temp file being written: its fd and path until closed / committed."""
+    """A temp file being written: its fd and path until closed / committed; *undo* removes
+    what was stored beside it (a metadata sidecar) if it is discarded uncommitted."""
 
-    __slots__ = ("fd", "path")
+    __slots__ = ("fd", "path", "undo")
 
     def __init__(self) -> None:
         self.fd: int | None = None
         self.path: str | None = None
+        self.undo: Callable[[], object] | None = None
 
     def discard(self) -> None:
-        fd, path = self.fd, self.path
-        self.fd = self.path = None
+        fd, path, undo = self.fd, self.path, self.undo
+        self.fd = self.path = self.undo = None
         if fd is not None:
             with contextlib.suppress(OSError):
                 os.close(fd)
-        if path is not None:
+        if path is not None:  # never committed (a commit clears the path)
             with contextlib.suppress(OSError):
                 os.unlink(path)
+            if undo is not None:
+                with contextlib.suppress(OSError):
+                    undo()
 
 
 async def _settle(fut: asyncio.Future[Any]) -> None:

@@ -2,7 +2,8 @@
 
 ``linux``: ``/proc/self/fd`` tells where an fd lies; ``O_TMPFILE``, user xattrs and cached
 reads (``openat2``/``preadv2``). ``darwin``: ``fcntl(F_GETPATH)`` tells where an fd lies.
-``portable``: no such call, so a walk that refuses every symlink."""
+``portable``: no such call, so a walk that refuses every symlink. ``sidecar``: metadata files
+for filesystems without user xattrs."""
 
 from __future__ import annotations
 
