@@ -194,6 +194,47 @@ def test_the_real_path_check_shared_by_fd_path_strategies(tmp_path: Path) -> Non
         walker._check_fd(0, "k")  # a strategy that cannot tell: refused
 
 
+@pytest.mark.local_modes("native")
+@pytest.mark.skipif(not linux.AVAILABLE, reason="the stand-in reports paths from /proc/self/fd")
+async def test_a_file_reported_under_another_of_its_names(tmp_path: Path) -> None:
+    """macOS's F_GETPATH reports the name a hard-linked file was last looked up by, which for
+    an object with a sidecar may be its anchor in .lexigram/meta (refused on its own): the
+    object is still served when its key leads to that very file without a symlink, and a
+    symlink to an outside file with several names is still refused."""
+    root = tmp_path / "root"
+    meta = root / INTERNAL_DIR / "meta"
+
+    def last_name_looked_up(fd: int) -> str:
+        st = os.fstat(fd)
+        anchor = meta / f"{st.st_dev}-{st.st_ino}.link"
+        return str(anchor) if anchor.exists() else linux.fd_path(fd)
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_bytes(b"secret")
+    os.link(outside / "secret.txt", outside / "second-name.txt")
+    store = driver_with(root, Platform("last-name", last_name_looked_up))
+    async with store:
+        await store.upload("a/b.txt", b"hello", metadata={"k": "v"})
+        fd = os.open(root / "a" / "b.txt", os.O_RDONLY)
+        try:
+            assert last_name_looked_up(fd).startswith(str(meta))  # (what the driver is told)
+        finally:
+            os.close(fd)
+        assert await store.download("a/b.txt") == b"hello"
+        assert await drain(store.stream("a/b.txt")) == b"hello"
+        assert (await store.info("a/b.txt")).metadata == {"k": "v"}
+        await store.copy("a/b.txt", "c.txt")
+        await store.move("c.txt", "d/e.txt")
+        assert await store.download("d/e.txt") == b"hello"
+        assert [i.path async for i in store.list()] == ["a/b.txt", "d/e.txt"]
+        (root / "linkfile").symlink_to(outside / "secret.txt")
+        with pytest.raises(InvalidPathError):
+            await store.download("linkfile")
+        with pytest.raises(InvalidPathError):
+            await store.copy("linkfile", "stolen.txt")
+
+
 @pytest.mark.skipif(not darwin.AVAILABLE, reason="fcntl(F_GETPATH) is macOS-only")
 @pytest.mark.local_modes("native")
 def test_darwin_fd_path_reports_the_real_path(tmp_path: Path) -> None:

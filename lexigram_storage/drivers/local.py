@@ -34,9 +34,10 @@ Platforms and symlinks (``lexigram_storage/drivers/_fs/``; one strategy per driv
         or written. A symlink that stays inside the root is followed. Also used: unnamed temp
         files (``O_TMPFILE``), the ``user.lexigram`` xattr, cached reads (below).
     darwin (macOS)
-        The same check, with ``fcntl(F_GETPATH)`` as the fd's path. No ``O_TMPFILE`` (named
-        temp files in staging), no xattrs (Python has no ``os.setxattr`` there: sidecars), no
-        cached reads.
+        The same check, with ``fcntl(F_GETPATH)`` as the fd's path (for a file with several
+        hard links, the name last looked up: if that is not the key's, the file is accepted
+        only if the key leads to it without a symlink). No ``O_TMPFILE`` (named temp files in
+        staging), no xattrs (Python has no ``os.setxattr`` there: sidecars), no cached reads.
     portable (any other POSIX system, or ``LEX_STORAGE_LOCAL_PORTABLE=1`` / ``portable=True``)
         Nothing tells where an fd lies, so nothing is followed: a key's path is opened one
         segment at a time from the root's fd with ``O_NOFOLLOW``, and every symlink below the
@@ -461,7 +462,36 @@ class LocalDriver(BaseDriver):
             real = fd_path(fd)
         except OSError as exc:
             raise _Escape(f"fd {fd}: {exc}") from None
-        self._check_real(real, key)
+        try:
+            self._check_real(real, key)
+        except _Escape:
+            if key is None or not self._is_key_file(fd, key):
+                raise
+
+    def _is_key_file(self, fd: int, key: str) -> bool:
+        """Whether the open regular file *fd* has several names, one of them *key*'s, reached
+        from the root without following any symlink. Such a file may be reported under another
+        of its names: on macOS ``F_GETPATH`` gives the name last looked up, which for an object
+        with a sidecar can be its anchor in ``.lexigram/meta``."""
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink < 2:
+            return False
+        parts = _components(key)
+        try:
+            dfd = _portable.open_dir(self._root, parts[:-1])
+        except (OSError, _Escape):
+            return False
+        try:
+            for name in (parts[-1], parts[-1] + _SELF):
+                try:
+                    other = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                except OSError:
+                    continue
+                if (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino):
+                    return True
+            return False
+        finally:
+            os.close(dfd)
 
     def _check_real(self, real: str, key: str | None) -> None:
         root = self._real
