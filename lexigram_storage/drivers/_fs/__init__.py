@@ -12,7 +12,7 @@ import os
 from lexigram_storage.drivers._fs import darwin, linux, portable
 from lexigram_storage.drivers._fs.common import Escape, Platform
 
-__all__ = ["PORTABLE_ENV", "Escape", "Platform", "select"]
+__all__ = ["PORTABLE_ENV", "Escape", "Platform", "portable_requested", "select"]
 
 PORTABLE_ENV = "LEX_STORAGE_LOCAL_PORTABLE"
 
