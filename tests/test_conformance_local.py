@@ -1,4 +1,7 @@
-"""The conformance suite over the local filesystem driver (with and without extended attributes)."""
+"""The conformance suite over the local filesystem driver (with and without extended attributes).
+
+Both classes run in the native and the portable mode (see tests/conftest.py); the sidecar class
+only natively, as the portable mode already keeps metadata in sidecars."""
 
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ class TestLocalConformance(DriverConformance):
             yield driver
 
 
+@pytest.mark.local_modes("native")
 class TestLocalSidecarConformance(DriverConformance):
     """Filesystems without user xattrs keep metadata in sidecar files."""
 

@@ -3,7 +3,7 @@
 Layout
     ``<root>/<key>`` holds the object ``key``; ``<root>/.lexigram/`` is the driver's own area
     (``staging/`` for temp files, ``meta/`` for metadata sidecars when the filesystem has no
-    extended attributes). Keys whose first segment is ``.lexigram`` are rejected.
+    user extended attributes). Keys whose first segment is ``.lexigram`` are rejected.
 
     S3 allows what a filesystem does not, and this driver allows it too:
 
@@ -26,11 +26,34 @@ Atomicity
     named temp files of a killed process are removed by ``prepare()``. ``copy`` writes a temp
     copy and renames it; ``move`` is a rename (the metadata travels with the inode).
 
-Symlinks
-    Every file and directory the driver opens is checked after opening (``/proc/self/fd``): if
-    it resolves outside the root, or into ``.lexigram/``, the call fails with
-    ``InvalidPathError`` before any byte is read or written. Listings skip symlinked
-    directories and symlinks leading outside the root.
+Platforms and symlinks (``lexigram_storage/drivers/_fs/``; one strategy per driver)
+    linux
+        Every file and directory the driver opens by a key's path is checked after opening:
+        the kernel's path for the fd (``/proc/self/fd``) must lie inside the root and outside
+        ``.lexigram/``, else the call fails with ``InvalidPathError`` before any byte is read
+        or written. A symlink that stays inside the root is followed. Also used: unnamed temp
+        files (``O_TMPFILE``), the ``user.lexigram`` xattr, cached reads (below).
+    darwin (macOS)
+        The same check, with ``fcntl(F_GETPATH)`` as the fd's path (for a file with several
+        hard links, the name last looked up: if that is not the key's, the file is accepted
+        only if the key leads to it without a symlink). No ``O_TMPFILE`` (named temp files in
+        staging), no xattrs (Python has no ``os.setxattr`` there: sidecars), no cached reads.
+    portable (any other POSIX system, or ``LEX_STORAGE_LOCAL_PORTABLE=1`` / ``portable=True``)
+        Nothing tells where an fd lies, so nothing is followed: a key's path is opened one
+        segment at a time from the root's fd with ``O_NOFOLLOW``, and every symlink below the
+        root is refused with ``InvalidPathError``, even one that stays inside (the root itself
+        may be a symlink). Named temp files, sidecar metadata, no cached reads.
+
+    Whatever the strategy, an fd is never used unchecked: where the path of an fd cannot be
+    had, it is refused. Listings skip symlinked directories, symlinks leading outside the root
+    and, in the portable strategy, every symlink.
+
+Metadata sidecars
+    Where there are no user xattrs (macOS, portable, some Linux filesystems) an object's
+    metadata is the file ``meta/<dev>-<ino>``, beside a hard link to the object's inode
+    (``meta/<dev>-<ino>.link``) that keeps the inode number from being reused while the record
+    exists. Temp files are then always named ones, and a replaced or deleted object's sidecar
+    is collected without a check-then-delete race (see ``_fs/sidecar.py``).
 
 Speed, and what runs on the event loop
     Writes always run in worker threads: creating a file can wait for the disk or the journal
@@ -43,9 +66,9 @@ Speed, and what runs on the event loop
     is consumed), whatever ``chunk_size`` the caller asked for; ``info``, ``delete``,
     ``copy``, ``move`` and each listing page are one hop.
 
-    A download of up to 64 KiB is served on the event loop only where the kernel guarantees
-    it will not wait: ``openat2(RESOLVE_CACHED)`` (the path is resolved from the dentry cache
-    or the call fails with EAGAIN) with ``O_NOATIME`` (no inode update), fstat, the symlink
+    On Linux, a download of up to 64 KiB is served on the event loop where the kernel
+    guarantees it will not wait: ``openat2(RESOLVE_CACHED)`` (the path is resolved from the
+    dentry cache or the call fails with EAGAIN) with ``O_NOATIME`` (no inode update), fstat, the symlink
     check, ``preadv2(RWF_NOWAIT)`` (page cache only, else EAGAIN). Anything else -- a cold
     path, bytes not in memory, a larger object, an older kernel -- is one hop.
 
@@ -54,28 +77,30 @@ Speed, and what runs on the event loop
 
 Serving presigned URLs
     ``get_presigned_url`` returns ``<base_url>/<quoted key>?method=GET&expires=<unix>&signature=
-    <hex HMAC-SHA256>``. A web app mounts a route on ``base_url``'s path, passes the full request
+    <hex HMAC-SHA256>`` (the expiry rounded up to the second: valid for at least
+    ``expires_in``). A web app mounts a route on ``base_url``'s path, passes the full request
     URL and method to ``LocalDriver.verify_presigned_url(url, method)``, which returns the key or
-    raises ``StoragePermissionError``, and then answers with ``store.stream(key)`` (GET) or
-    ``store.upload(key, request_body_stream)`` (PUT).
+    raises ``StoragePermissionError`` (for any URL it did not sign, however malformed), and then
+    answers with ``store.stream(key)`` (GET) or ``store.upload(key, request_body_stream)`` (PUT).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import errno
 import hashlib
 import heapq
 import hmac
 import itertools
 import json
+import math
 import os
+import re
 import secrets
 import stat
 import struct
-import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -89,6 +114,13 @@ from lexigram.contracts.infra.storage import StorageError
 from pydantic import SecretStr
 
 from lexigram_storage.config import NamedStorageConfig, StorageLocalConfig
+from lexigram_storage.drivers import _fs
+from lexigram_storage.drivers._fs import Escape as _Escape
+from lexigram_storage.drivers._fs import portable as _portable
+from lexigram_storage.drivers._fs.linux import OPENAT2 as _openat2
+from lexigram_storage.drivers._fs.linux import open_cached as _open_cached
+from lexigram_storage.drivers._fs.linux import pread_nowait as _pread_nowait
+from lexigram_storage.drivers._fs.sidecar import Sidecars
 from lexigram_storage.drivers.base import BaseDriver, create_only_conflict
 from lexigram_storage.errors import (
     InvalidPathError,
@@ -122,12 +154,13 @@ _OPEN_READ = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0)
 _OPEN_TMPFILE = os.O_WRONLY | getattr(os, "O_TMPFILE", 0) | getattr(os, "O_CLOEXEC", 0)
 _OPEN_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-_HAS_PROC_FD = sys.platform.startswith("linux") and os.path.isdir("/proc/self/fd")
 _XATTR_UNSUPPORTED = {errno.ENOTSUP, getattr(errno, "EOPNOTSUPP", errno.ENOTSUP)}
-_ABSENT = {errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG, errno.ELOOP}  # no object there
 _SIGN_HINT = ("Set a signing key: LocalDriver(signing_key=...), or in configuration "
               "storage.drivers.local.signing_key / the environment variable "
               "LEX_STORAGE__DRIVERS__LOCAL__SIGNING_KEY.")
+_PRESIGN_METHODS = ("GET", "PUT")
+_EXPIRES = re.compile(r"[1-9][0-9]{0,15}")  # ASCII digits: a unix time, no sign, no padding
+_SIGNATURE = re.compile(r"[0-9a-f]{64}")  # hex HMAC-SHA256, as signed
 _counter = itertools.count()
 
 
@@ -220,10 +253,6 @@ def _info(key: str, st: os.stat_result, meta: _Meta) -> ObjectInfo:
     )
 
 
-class _Escape(Exception):
-    """A path resolved outside the root or into the driver's own area."""
-
-
 class LocalDriver(BaseDriver):
     """Objects are files under ``root_dir``; see the module docstring for the guarantees.
 
@@ -234,6 +263,9 @@ class LocalDriver(BaseDriver):
         signing_key: HMAC key for ``get_presigned_url`` (``str`` or ``SecretStr``).
         fsync: fsync each file and its directory before a write returns (durable across
             power loss, slower).
+        portable: use only the portable pieces (the symlink-refusing walk, named temp files,
+            sidecar metadata) even where Linux's or macOS's are available; ``None`` (default):
+            ``True`` when the environment variable ``LEX_STORAGE_LOCAL_PORTABLE`` is ``1``.
     """
 
     driver = "local"
@@ -245,15 +277,19 @@ class LocalDriver(BaseDriver):
         signing_key: str | SecretStr | None = None,
         *,
         fsync: bool = False,
+        portable: bool | None = None,
         name: str | None = None,
         policy: UploadPolicy | None = None,
         events: StorageEvents | None = None,
     ) -> None:
         super().__init__(name=name, policy=policy, events=events)
         self._root = os.path.abspath(os.fspath(root_dir))
-        self._real = os.path.realpath(self._root)
+        # how paths are confined and which kernel features are used (see the module docstring)
+        self._fs = _fs.select(_fs.portable_requested() if portable is None else portable)
+        self._real = self._root_real()
         self._staging = os.path.join(self._root, INTERNAL_DIR, _STAGING)
         self._meta_dir = os.path.join(self._root, INTERNAL_DIR, _META)
+        self._sidecars = Sidecars(self._meta_dir, self._staging_name)
         self._internal_real = os.path.join(self._real, INTERNAL_DIR)
         self.base_url = base_url.rstrip("/")
         if isinstance(signing_key, SecretStr):
@@ -261,9 +297,10 @@ class LocalDriver(BaseDriver):
         self._signing_key: bytes | None = signing_key.encode() if signing_key else None
         self.fsync = fsync
         self._mode = 0o666 & ~_umask()
-        self._xattrs: bool | None = None  # None: not probed yet
-        self._tmpfile = _HAS_PROC_FD and hasattr(os, "O_TMPFILE")
+        self._xattrs: bool | None = None if self._fs.xattrs else False  # None: not probed yet
+        self._tmpfile = self._fs.tmpfile
         self._ready = False
+        self._prepare_lock = threading.Lock()  # the first hops of a new driver run at once
         # staging/ stays open: temp files are created and named relative to this fd (one path
         # walk and two syscalls less per write); replaced fds are closed only by close()
         self._staging_fd: int | None = None
@@ -306,10 +343,17 @@ class LocalDriver(BaseDriver):
         """Create the root and staging area, check they are writable, remove stale temp files."""
         await self._hop(self._prepare_sync)
 
-    def _prepare_sync(self) -> None:
+    def _prepare_sync(self, again: bool = True) -> None:
+        """Prepare the root; *again* ``False``: only if that is not done yet (first use). Once
+        at a time: every worker thread of the first calls on a new driver may get here."""
+        with self._prepare_lock:
+            if again or not self._ready:
+                self._prepare_locked()
+
+    def _prepare_locked(self) -> None:
         try:
             os.makedirs(self._staging, exist_ok=True)
-            self._real = os.path.realpath(self._root)
+            self._real = self._root_real()
             self._internal_real = os.path.join(self._real, INTERNAL_DIR)
             now = time.time()
             with os.scandir(self._staging) as entries:
@@ -320,14 +364,16 @@ class LocalDriver(BaseDriver):
                     with contextlib.suppress(OSError):
                         if not _writer_alive(entry.name) or now - entry.stat().st_mtime > 86400:
                             os.unlink(entry.path)
-            probe = os.path.join(self._staging, f"{_process_prefix()}probe")
-            fd = os.open(probe, _OPEN_NEW | os.O_TRUNC, self._mode)
+            probe = self._staging_name(".probe")  # (unique: other drivers may share the root)
+            fd = os.open(probe, _OPEN_NEW, self._mode)
             try:
                 os.write(fd, b"ok")
                 self._probe_xattrs(fd)
             finally:
                 os.close(fd)
                 os.unlink(probe)
+            if self._xattrs is False:
+                self._sidecars.sweep()  # anchors of writers that failed or were killed
             if self._staging_fd is None:
                 self._staging_fd = os.open(self._staging, _OPEN_DIR)
         except OSError as exc:
@@ -342,18 +388,43 @@ class LocalDriver(BaseDriver):
         self._ready = True
 
     def _probe_xattrs(self, fd: int) -> None:
-        if self._xattrs is not None:
-            return
-        try:
-            os.setxattr(fd, _XATTR, b"{}")
-            self._xattrs = True
-        except (OSError, AttributeError):
-            self._xattrs = False
-            os.makedirs(self._meta_dir, exist_ok=True)
+        if self._xattrs is None:
+            try:
+                os.setxattr(fd, _XATTR, b"{}")
+                self._xattrs = True
+                return
+            except (OSError, AttributeError):  # (macOS: Python has no os.setxattr)
+                pass
+        if not self._xattrs:
+            self._use_sidecars()
+
+    def _use_sidecars(self) -> None:
+        """Metadata goes to sidecars from now on. Temp files are then named ones: a sidecar's
+        anchor (see ``_fs.sidecar``) must never be the only name of a file being written."""
+        self._xattrs = False
+        self._tmpfile = False
+        os.makedirs(self._meta_dir, exist_ok=True)
 
     def _ensure_ready(self) -> None:
         if not self._ready:
-            self._prepare_sync()
+            self._prepare_sync(again=False)
+
+    def _staging_name(self, suffix: str) -> str:
+        """A new path in staging that no other writer (thread, process, driver) uses."""
+        return f"{self._staging}/{_process_prefix()}{next(_counter)}{suffix}"
+
+    def _root_real(self) -> str:
+        """The root's real path, as the platform reports the paths of open files (on macOS
+        ``F_GETPATH`` may spell it differently from ``realpath``: case, firmlinks)."""
+        fd_path = self._fs.fd_path
+        if fd_path is not None:
+            with contextlib.suppress(OSError):
+                fd = os.open(self._root, _OPEN_DIR)
+                try:
+                    return fd_path(fd)
+                finally:
+                    os.close(fd)
+        return os.path.realpath(self._root)
 
     def _stage_fd(self, renew: bool = False) -> int:
         """The open staging directory; *renew* after it was removed behind our back (the old
@@ -381,15 +452,46 @@ class LocalDriver(BaseDriver):
     # ------------------------------------------------------------------ path safety
 
     def _check_fd(self, fd: int, key: str | None) -> None:
-        """Fail unless the opened file or directory lies inside the root, outside .lexigram."""
-        if _HAS_PROC_FD:
-            try:
-                real = os.readlink(f"/proc/self/fd/{fd}")
-            except OSError:
-                return
-        else:  # pragma: no cover - non-Linux fallback
-            return
-        self._check_real(real, key)
+        """Fail unless the opened file or directory lies inside the root, outside .lexigram.
+        Where the platform cannot tell where an fd lies (the portable walk, whose fds need no
+        check) or fails to, the fd is refused: there is no unchecked path."""
+        fd_path = self._fs.fd_path
+        if fd_path is None:
+            raise _Escape(f"fd {fd}: the {self._fs.name} strategy cannot tell where it lies")
+        try:
+            real = fd_path(fd)
+        except OSError as exc:
+            raise _Escape(f"fd {fd}: {exc}") from None
+        try:
+            self._check_real(real, key)
+        except _Escape:
+            if key is None or not self._is_key_file(fd, key):
+                raise
+
+    def _is_key_file(self, fd: int, key: str) -> bool:
+        """Whether the open regular file *fd* has several names, one of them *key*'s, reached
+        from the root without following any symlink. Such a file may be reported under another
+        of its names: on macOS ``F_GETPATH`` gives the name last looked up, which for an object
+        with a sidecar can be its anchor in ``.lexigram/meta``."""
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink < 2:
+            return False
+        parts = _components(key)
+        try:
+            dfd = _portable.open_dir(self._root, parts[:-1])
+        except (OSError, _Escape):
+            return False
+        try:
+            for name in (parts[-1], parts[-1] + _SELF):
+                try:
+                    other = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                except OSError:
+                    continue
+                if (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino):
+                    return True
+            return False
+        finally:
+            os.close(dfd)
 
     def _check_real(self, real: str, key: str | None) -> None:
         root = self._real
@@ -413,10 +515,18 @@ class LocalDriver(BaseDriver):
         return fd
 
     def _open_link_target(self, name: str, dir_fd: int, key: str) -> int:
-        """Open the directory a symlink *name* points to, refusing a target outside the root."""
+        """Open the directory a symlink *name* points to, refusing a target outside the root
+        (the portable walk refuses every symlink)."""
+        if self._fs.fd_path is None:
+            raise self._escape_error(key)
         return self._checked(os.open(name, _OPEN_DIR, dir_fd=dir_fd), key)
 
     def _escape_error(self, key: str | None) -> InvalidPathError:
+        if self._fs.fd_path is None:
+            return InvalidPathError(
+                "the key runs through a symlink: the portable confinement refuses every "
+                "symlink below the storage root, as it cannot tell whether it leads outside",
+                backend=self.name, key=key)
         return InvalidPathError("the key resolves outside the storage root (symlink)",
                                 backend=self.name, key=key)
 
@@ -432,6 +542,8 @@ class LocalDriver(BaseDriver):
         """Open the object's file for reading: (fd, stat), or None when there is none."""
         self._reject_internal(key)
         parts = _components(key)
+        if self._fs.fd_path is None:
+            return self._walk_to_object(parts, key)
         path = self._path(parts)
         for candidate in (path, path + _SELF):
             try:
@@ -453,9 +565,55 @@ class LocalDriver(BaseDriver):
             return self._checked(fd, key), st
         return None
 
+    def _walk_to_object(self, parts: list[str], key: str) -> tuple[int, os.stat_result] | None:
+        """``_open_object`` by the portable walk: no symlink is followed, on the way or at the
+        end (one is refused), so the file is inside the root by construction."""
+        try:
+            dfd = _portable.open_dir(self._root, parts[:-1])
+        except _Escape:
+            raise self._escape_error(key) from None
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            if exc.errno == errno.ENAMETOOLONG:
+                return None
+            raise
+        try:
+            for name in (parts[-1], parts[-1] + _SELF):
+                try:
+                    fd = _portable.open_in(dfd, name, _OPEN_READ)
+                except _Escape:
+                    raise self._escape_error(key) from None
+                except (FileNotFoundError, NotADirectoryError):
+                    continue
+                except OSError as exc:
+                    if exc.errno == errno.ENAMETOOLONG:
+                        continue
+                    raise
+                try:
+                    st = os.fstat(fd)
+                except BaseException:
+                    os.close(fd)
+                    raise
+                if stat.S_ISREG(st.st_mode):
+                    return fd, st
+                os.close(fd)
+            return None
+        finally:
+            os.close(dfd)
+
     def _open_parent(self, parts: list[str], key: str, create: bool) -> int | None:
         """An fd of the directory that holds the object's file (checked to be inside the root);
         creates the missing directories (never through a symlink leading outside) when asked."""
+        if self._fs.fd_path is None:  # the portable walk: no symlink on the way
+            try:
+                return _portable.open_dir(self._root, parts[:-1])
+            except _Escape:
+                raise self._escape_error(key) from None
+            except (FileNotFoundError, NotADirectoryError):
+                if not create:
+                    return None
+                return self._make_parents(parts, key)
         parent = self._root if len(parts) == 1 else self._path(parts[:-1])
         try:
             fd = os.open(parent, _OPEN_DIR)
@@ -501,7 +659,10 @@ class LocalDriver(BaseDriver):
 
     # ------------------------------------------------------------------ metadata
 
-    def _store_meta(self, fd: int, meta: _Meta) -> None:
+    def _store_meta(self, state: _Temp, meta: _Meta) -> None:
+        """Give the complete temp file of *state* its metadata (before it gets its name)."""
+        fd = state.fd
+        assert fd is not None
         raw = meta.encode()
         if self._xattrs:
             try:
@@ -509,27 +670,20 @@ class LocalDriver(BaseDriver):
                 return
             except OSError as exc:
                 if exc.errno in _XATTR_UNSUPPORTED:
-                    self._xattrs = False
-                    os.makedirs(self._meta_dir, exist_ok=True)
+                    self._use_sidecars()
                 elif exc.errno not in (errno.E2BIG, errno.ENOSPC, errno.ERANGE):
                     raise
                 else:  # too big for an attribute: a sidecar, and a marker pointing to it
-                    self._write_sidecar(fd, raw)
+                    self._sidecars.write(fd, raw, None)  # (the marker is its identity)
                     os.setxattr(fd, _XATTR, b'{"sidecar":1}')
                     return
-        self._write_sidecar(fd, raw)
-
-    def _sidecar(self, st: os.stat_result) -> str:
-        return f"{self._meta_dir}/{st.st_dev}-{st.st_ino}"
-
-    def _write_sidecar(self, fd: int, raw: bytes) -> None:
-        os.makedirs(self._meta_dir, exist_ok=True)
-        st = os.fstat(fd)
-        record = json.dumps({"size": st.st_size, "mtime": st.st_mtime_ns}).encode() + b"\n" + raw
-        tmp = f"{self._staging}/{_process_prefix()}{next(_counter)}.meta"
-        with open(tmp, "wb") as f:
-            f.write(record)
-        os.replace(tmp, self._sidecar(st))
+        # the anchor is linked from the temp file's name (an unnamed one only when xattrs
+        # turned out unsupported after it was opened)
+        if state.path is not None:
+            base = self._sidecars.write(fd, raw, state.path)
+        else:
+            base = self._sidecars.write(fd, raw, f"/proc/self/fd/{fd}", follow=True)
+        state.undo = lambda: self._sidecars.collect(base)  # if the write is not committed
 
     def _load_meta(self, fd: int, st: os.stat_result, key: str) -> _Meta:
         raw: bytes | None = None
@@ -545,20 +699,14 @@ class LocalDriver(BaseDriver):
         return _Meta.decode(raw, key)
 
     def _read_sidecar(self, st: os.stat_result) -> bytes | None:
-        try:
-            with open(self._sidecar(st), "rb") as f:
-                head, _, raw = f.read().partition(b"\n")
-            check = json.loads(head)
-        except (OSError, ValueError):
-            return None
-        if check.get("size") != st.st_size or check.get("mtime") != st.st_mtime_ns:
-            return None  # a sidecar of a former file with the same inode number
-        return raw
+        return self._sidecars.read(st)
 
     def _drop_sidecar(self, st: os.stat_result | None) -> None:
+        """After the file *st* lost its name: collect its sidecar unless the inode still has
+        another name (whatever happened since *st* was taken: see ``_fs.sidecar``)."""
         if st is not None and self._xattrs is False:
             with contextlib.suppress(OSError):
-                os.unlink(self._sidecar(st))
+                self._sidecars.drop(st)
 
     # ------------------------------------------------------------------ writing
 
@@ -661,7 +809,7 @@ class LocalDriver(BaseDriver):
         try:
             if parts:
                 self._write_parts(fd, parts)
-            self._store_meta(fd, meta)
+            self._store_meta(state, meta)
             if self.fsync:
                 os.fsync(fd)
             st = os.fstat(fd)
@@ -875,7 +1023,7 @@ class LocalDriver(BaseDriver):
         """The whole object, read on the event loop when that cannot block: it is at most
         ``_INLINE_READ`` bytes and the kernel has its path and all its bytes in memory (see
         ``_open_cached``; the read uses ``RWF_NOWAIT``). ``None``: read it in a thread."""
-        if _openat2 is None:
+        if _openat2 is None or not self._fs.cached_reads:
             return None
         self._reject_internal(key)
         path = self._path(_components(key))
@@ -1144,6 +1292,8 @@ class LocalDriver(BaseDriver):
     def _entry_info(self, key: str, entry: os.DirEntry[str]) -> ObjectInfo | None:
         try:
             if entry.is_symlink():
+                if self._fs.fd_path is None:  # the portable walk refuses every symlink
+                    return None
                 try:
                     self._check_real(os.path.realpath(entry.path), key)
                 except _Escape:
@@ -1175,50 +1325,60 @@ class LocalDriver(BaseDriver):
             raise unsupported(self.name, "get_presigned_url without a signing_key", hint=_SIGN_HINT)
         if options:
             raise TypeError(f"{self.name}: unknown presign option(s) {sorted(options)}")
-        expires = int(time.time() + expires_in.total_seconds())
+        # whole seconds, rounded up: the URL is valid for at least expires_in (< 1 s more)
+        expires = math.ceil(time.time() + expires_in.total_seconds())
         signature = self._signature(method, key, expires)
         return f"{self._url(key)}?method={method}&expires={expires}&signature={signature}"
 
     def verify_presigned_url(self, url: str, method: str = "GET") -> str:
         """Check a URL made by ``get_presigned_url`` for *method*; return its key.
 
-        Raises ``StoragePermissionError`` when the URL is not signed by this driver's key, was
-        altered, has expired or was signed for another method; ``InvalidPathError`` for a key
-        that breaks the key rule."""
+        Raises ``StoragePermissionError`` for every URL that is not one this driver signed for
+        *method* and that has not expired: malformed, altered or truncated in any way, signed
+        with another key or for another method, or expired."""
         if self._signing_key is None:
             raise unsupported(self.name, "verify_presigned_url without a signing_key",
                               hint=_SIGN_HINT)
-        parts = urlsplit(url)
-        base_path = urlsplit(self.base_url).path.rstrip("/") + "/"
-        if not parts.path.startswith(base_path):
-            raise StoragePermissionError("the URL is not under this backend's base_url",
-                                         backend=self.name)
-        key = unquote(parts.path[len(base_path):], errors="strict")
-        query = parse_qs(parts.query, keep_blank_values=True)
+        key: str | None = None
+
+        def refused(reason: str) -> StoragePermissionError:
+            return StoragePermissionError(f"presigned URL {reason}", backend=self.name, key=key)
+
+        try:
+            parts = urlsplit(url)
+            base_path = urlsplit(self.base_url).path.rstrip("/") + "/"
+            if not parts.path.startswith(base_path):
+                raise refused("is not under this backend's base_url")
+            key = unquote(parts.path[len(base_path):], errors="strict")
+            query = parse_qs(parts.query, keep_blank_values=True, errors="strict")
+        except (ValueError, UnicodeError) as exc:  # bad percent-encoding, bad netloc, ...
+            raise refused("is malformed") from exc
 
         def one(name: str) -> str:
             values = query.get(name)
             if not values or len(values) != 1:
-                raise StoragePermissionError(f"presigned URL without a single {name!r}",
-                                             backend=self.name, key=key)
+                raise refused(f"without a single {name!r}")
             return values[0]
 
         signed_method, expires_text, signature = one("method"), one("expires"), one("signature")
-        if not expires_text.isdigit():
-            raise StoragePermissionError("presigned URL with a malformed expiry",
-                                         backend=self.name, key=key)
-        expected = self._signature(signed_method, key, int(expires_text))
-        if not hmac.compare_digest(expected.encode(), signature.encode()):
-            raise StoragePermissionError("presigned URL signature does not match",
-                                         backend=self.name, key=key)
+        if (signed_method not in _PRESIGN_METHODS or not _EXPIRES.fullmatch(expires_text)
+                or not _SIGNATURE.fullmatch(signature)):
+            raise refused("is malformed")
+        try:
+            expected = self._signature(signed_method, key, int(expires_text))
+        except UnicodeError as exc:  # a key that is no text (lone surrogates)
+            raise refused("is malformed") from exc
+        if not hmac.compare_digest(expected, signature):
+            raise refused("signature does not match")
         if signed_method != method.upper():
-            raise StoragePermissionError(
-                f"presigned URL was signed for {signed_method}, not {method.upper()}",
-                backend=self.name, key=key)
+            raise refused(f"was signed for {signed_method}, not {method.upper()}")
         if int(expires_text) < time.time():
-            raise StoragePermissionError("presigned URL has expired", backend=self.name, key=key)
-        validate_key(key, self.name)
-        self._reject_internal(key)
+            raise refused("has expired")
+        try:  # (a key signed before the key rule changed)
+            validate_key(key, self.name)
+            self._reject_internal(key)
+        except InvalidPathError as exc:
+            raise refused("names a key this driver no longer accepts") from exc
         return key
 
     # ------------------------------------------------------------------ health and errors
@@ -1239,7 +1399,7 @@ class LocalDriver(BaseDriver):
                 raise OSError(errno.EIO, "health probe read back different bytes", tmp)
         finally:
             _discard(fd, tmp)
-        return {"root": self._root, "xattrs": bool(self._xattrs),
+        return {"root": self._root, "xattrs": bool(self._xattrs), "platform": self._fs.name,
                 "probe_ms": round((time.perf_counter() - start) * 1000, 3)}
 
     def _map_error(self, exc: BaseException, key: str | None) -> StorageError | None:
@@ -1339,95 +1499,29 @@ def _lstat_at(name: str, dfd: int) -> os.stat_result | None:
         return None
 
 
-class _OpenHow(ctypes.Structure):
-    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
-                ("resolve", ctypes.c_uint64)]
-
-
-_SYS_OPENAT2 = 437  # the same number on every Linux architecture
-_AT_FDCWD = -100
-_RESOLVE_CACHED = 0x20  # Linux 5.12: fail with EAGAIN instead of doing I/O for the lookup
-_RWF_NOWAIT: int = getattr(os, "RWF_NOWAIT", 0)
-_O_NOATIME: int = getattr(os, "O_NOATIME", 0)
-
-
-def _load_openat2() -> Any:
-    if not (_HAS_PROC_FD and _RWF_NOWAIT and hasattr(os, "preadv")):
-        return None
-    try:
-        fn = ctypes.CDLL(None, use_errno=True).syscall
-    except (OSError, AttributeError):  # pragma: no cover - no libc syscall()
-        return None
-    fn.restype = ctypes.c_long
-    fn.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p,
-                   ctypes.c_size_t]
-    return fn
-
-
-_openat2: Any = _load_openat2()
-
-
-def _open_cached(path: str) -> int | None:
-    """Open *path* for reading if the kernel can resolve it from its caches, without I/O and
-    without updating the access time (``openat2`` with ``RESOLVE_CACHED``, ``O_NOATIME``).
-
-    Returns the fd, or ``None`` when that is not possible (the lookup would wait for the disk,
-    openat2 is unavailable, or any error other than "no such file": the caller then does the
-    work in a thread, where the error is reported). Raises ``FileNotFoundError`` for a path
-    that does not lead to a file."""
-    global _openat2
-    fn = _openat2
-    if fn is None:
-        return None
-    raw = os.fsencode(path)
-    how = _OpenHow(_OPEN_READ | _O_NOATIME, 0, _RESOLVE_CACHED)
-    fd: int = fn(_SYS_OPENAT2, _AT_FDCWD, raw, ctypes.byref(how), ctypes.sizeof(how))
-    if fd < 0 and ctypes.get_errno() == errno.EPERM and _O_NOATIME:  # not our file
-        how.flags = _OPEN_READ
-        fd = fn(_SYS_OPENAT2, _AT_FDCWD, raw, ctypes.byref(how), ctypes.sizeof(how))
-    if fd >= 0:
-        return fd
-    err = ctypes.get_errno()
-    if err in _ABSENT:
-        raise FileNotFoundError(err, os.strerror(err), path)
-    if err in (errno.ENOSYS, errno.EINVAL, errno.E2BIG, errno.EPERM):
-        _openat2 = None  # old kernel, or a seccomp filter (containers) refusing the syscall
-    return None
-
-
-def _pread_nowait(fd: int, size: int) -> bytes | None:
-    """The first *size* bytes of *fd* if they are all in the page cache, else ``None``."""
-    global _openat2
-    buf = bytearray(size)
-    try:
-        got = os.preadv(fd, [buf], 0, _RWF_NOWAIT)
-    except BlockingIOError:
-        return None
-    except OSError as exc:
-        if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # filesystem without RWF_NOWAIT
-            _openat2 = None
-        return None
-    return bytes(buf) if got == size else None
-
-
 class _Temp:
-    """A temp file being written: its fd and path until closed / committed."""
+    """A temp file being written: its fd and path until closed / committed; *undo* removes
+    what was stored beside it (a metadata sidecar) if it is discarded uncommitted."""
 
-    __slots__ = ("fd", "path")
+    __slots__ = ("fd", "path", "undo")
 
     def __init__(self) -> None:
         self.fd: int | None = None
         self.path: str | None = None
+        self.undo: Callable[[], object] | None = None
 
     def discard(self) -> None:
-        fd, path = self.fd, self.path
-        self.fd = self.path = None
+        fd, path, undo = self.fd, self.path, self.undo
+        self.fd = self.path = self.undo = None
         if fd is not None:
             with contextlib.suppress(OSError):
                 os.close(fd)
-        if path is not None:
+        if path is not None:  # never committed (a commit clears the path)
             with contextlib.suppress(OSError):
                 os.unlink(path)
+            if undo is not None:
+                with contextlib.suppress(OSError):
+                    undo()
 
 
 async def _settle(fut: asyncio.Future[Any]) -> None:
