@@ -3,16 +3,21 @@
 Layout
     ``<root>/<key>`` holds the object ``key``; ``<root>/.lexigram/`` is the driver's own area
     (``staging/`` for temp files, ``meta/`` for metadata sidecars when the filesystem has no
-    extended attributes). Keys whose first segment is ``.lexigram`` are rejected.
+    extended attributes).
 
-    S3 allows what a filesystem does not, and this driver allows it too:
+    Every valid key can be stored (the key rule is the same on every driver), including what
+    a filesystem does not allow:
 
     * a key that is also a "directory" of other keys (``a/b`` and ``a/b/c``): the object
       ``a/b`` then lives in the file ``a/b\\x02`` beside the directory ``a/b``;
-    * a segment longer than a file name may be (255 bytes): it is split into 200-byte pieces,
-      each but the last stored as a directory whose name ends in ``\\x01``.
+    * a segment longer than 200 UTF-8 bytes (a file name may have 255): it is split into
+      pieces of at most 200 bytes (never inside a character), each but the last stored as a
+      directory whose name ends in ``\\x01``. Every stored name, with its suffix, is at most
+      201 bytes, whatever the key: the names are decided before anything is written;
+    * a key whose first segment is ``.lexigram``: that segment is stored as ``.lexigram\\x03``,
+      so such keys never reach the driver's own area, which listings skip.
 
-    Neither control character can appear in a key, so the mapping is reversible; plain keys are
+    No control character can appear in a key, so the mapping is reversible; plain keys are
     plain paths.
 
 Atomicity
@@ -113,6 +118,7 @@ _META = "meta"
 _XATTR = "user.lexigram"
 _CONT = "\x01"  # suffix of a directory holding the rest of an over-long segment
 _SELF = "\x02"  # suffix of the file of an object whose key is also a directory
+_OWN = INTERNAL_DIR + "\x03"  # the stored name of a key's first segment ".lexigram"
 _PIECE = 200  # bytes per stored name piece (NAME_MAX is 255)
 _SMALL = 1024 * 1024  # payloads up to this size are written in one thread hop
 _INLINE_READ = 64 * 1024  # downloads up to this size may be served without a thread hop
@@ -141,23 +147,25 @@ def _umask() -> int:
 
 
 def _components(key: str) -> list[str]:
-    """The stored names for *key*: one per segment, over-long segments split into pieces."""
-    if len(key) <= _PIECE:
-        return key.split("/")
-    out: list[str] = []
-    for segment in key.split("/"):
-        raw = segment.encode("utf-8", "surrogatepass")
-        if len(raw) <= _PIECE:
-            out.append(segment)
-            continue
-        while len(raw) > _PIECE:
-            cut = _PIECE
-            while cut > 0 and (raw[cut] & 0xC0) == 0x80:  # keep UTF-8 sequences whole
-                cut -= 1
-            out.append(raw[:cut].decode("utf-8", "surrogatepass") + _CONT)
-            raw = raw[cut:]
-        out.append(raw.decode("utf-8", "surrogatepass"))
-    return out
+    """The stored names for *key*: one per segment, a segment over ``_PIECE`` UTF-8 bytes
+    split into pieces, a first segment ``.lexigram`` escaped (see the module docstring)."""
+    if len(key) <= _PIECE and (key.isascii() or len(key.encode("utf-8", "surrogatepass"))
+                               <= _PIECE):
+        parts = key.split("/")
+    else:
+        parts = []
+        for segment in key.split("/"):
+            raw = segment.encode("utf-8", "surrogatepass")
+            while len(raw) > _PIECE:
+                cut = _PIECE
+                while (raw[cut] & 0xC0) == 0x80:  # keep UTF-8 sequences whole
+                    cut -= 1
+                parts.append(raw[:cut].decode("utf-8", "surrogatepass") + _CONT)
+                raw = raw[cut:]
+            parts.append(raw.decode("utf-8", "surrogatepass"))
+    if parts[0] == INTERNAL_DIR:
+        parts[0] = _OWN
+    return parts
 
 
 # The common record (no user metadata, no cache control) is packed: creation time (big-endian
@@ -421,9 +429,8 @@ class LocalDriver(BaseDriver):
                                 backend=self.name, key=key)
 
     def _reject_internal(self, key: str) -> None:
-        if key == INTERNAL_DIR or key.startswith(INTERNAL_DIR + "/"):
-            raise InvalidPathError(f"keys under {INTERNAL_DIR!r} are reserved by the local driver",
-                                   backend=self.name, key=key)
+        """Nothing to reject: every valid key is stored outside the driver's own area (see
+        ``_components``). Remove once the last callers are gone."""
 
     def _path(self, parts: list[str]) -> str:
         return self._root + "/" + "/".join(parts)
@@ -759,7 +766,6 @@ class LocalDriver(BaseDriver):
             raise create_only_conflict(self.name, key) from None
 
     async def _write(self, key: str, payload: Payload) -> ObjectInfo:
-        self._reject_internal(key)
         request = payload.request
         if payload.size_hint is not None and payload.size_hint <= _SMALL:
             raw = payload.take_bytes()  # bytes or str: checked now, no async iteration
@@ -941,7 +947,6 @@ class LocalDriver(BaseDriver):
         return await self._hop(self._delete_sync, key)
 
     def _delete_sync(self, key: str) -> bool:
-        self._reject_internal(key)
         parts = _components(key)
         dfd = self._open_parent(parts, key, create=False)
         if dfd is None:
@@ -980,16 +985,15 @@ class LocalDriver(BaseDriver):
     async def _copy(self, src: str, dst: str) -> ObjectInfo:
         return await self._hop(self._copy_sync, src, dst)
 
-    def _open_source(self, src: str, dst: str) -> tuple[int, os.stat_result]:
-        """Open the source object of a copy or move (checking the target key first)."""
-        self._reject_internal(dst)
+    def _open_source(self, src: str) -> tuple[int, os.stat_result]:
+        """Open the source object of a copy or move."""
         opened = self._open_object(src)
         if opened is None:
             raise StorageFileNotFoundError(backend=self.name, key=src)
         return opened
 
     def _copy_sync(self, src: str, dst: str) -> ObjectInfo:
-        sfd, st = self._open_source(src, dst)
+        sfd, st = self._open_source(src)
         try:
             meta = self._load_meta(sfd, st, src)
             if meta.etag is None:
@@ -1010,7 +1014,7 @@ class LocalDriver(BaseDriver):
         return await self._hop(self._move_sync, src, dst)
 
     def _move_sync(self, src: str, dst: str) -> ObjectInfo:
-        sfd, st = self._open_source(src, dst)
+        sfd, st = self._open_source(src)
         try:
             meta = self._load_meta(sfd, st, src)
         finally:
@@ -1095,8 +1099,11 @@ class LocalDriver(BaseDriver):
         items: list[tuple[str, int, os.DirEntry[str]]] = []  # (lower bound, kind, entry)
         for entry in entries:
             name = entry.name
-            if top and name == INTERNAL_DIR:
-                continue
+            if top and name.startswith(INTERNAL_DIR):
+                if name == INTERNAL_DIR:
+                    continue  # the driver's own area
+                if name.startswith(_OWN):
+                    name = INTERNAL_DIR + name[len(_OWN):]  # a key's escaped ".lexigram"
             try:
                 is_dir = entry.is_dir(follow_symlinks=False)
             except OSError:
