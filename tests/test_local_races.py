@@ -1,4 +1,4 @@
-"""LocalDriver: the key -> file name mapping."""
+"""LocalDriver: the key -> file name mapping, and ranges past the end."""
 
 from __future__ import annotations
 
@@ -150,3 +150,23 @@ async def test_keys_under_lexigram_are_ordinary_keys(store: LocalDriver) -> None
     assert await listed(store) == []
     assert user_files(store.root) == []
     assert (store.root / INTERNAL_DIR / "staging").is_dir()
+
+
+# ---------------------------------------------------------------------------- ranges
+
+
+async def test_ranges_past_the_end_are_empty(store: LocalDriver) -> None:
+    await store.upload("k", b"0123456789")
+    await store.upload("big", b"b" * (2 * MiB + 5))
+    for key in ("k", "big"):
+        for offset, length in [(10**20, None), (10**20, 5), (2**63, None), (2**63 - 1, 1),
+                               (2**64 + 1, 10**30)]:
+            assert [c async for c in store.stream(key, offset=offset, length=length)] == []
+    assert [c async for c in store.stream("k", offset=3, length=10**20)] == [b"3456789"]
+    assert b"".join([c async for c in store.stream("big", offset=2 * MiB, length=2**70)]) == (
+        b"b" * 5)
+    assert [c async for c in store.stream("k", length=10**20, chunk_size=4)] == [
+        b"0123", b"4567", b"89"]
+    with pytest.raises(FileNotFoundError):
+        async for _ in store.stream("missing", offset=10**20):
+            pass

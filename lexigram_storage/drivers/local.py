@@ -864,8 +864,9 @@ class LocalDriver(BaseDriver):
         if opened is None:
             raise StorageFileNotFoundError(backend=self.name, key=key)
         fd, st = opened
-        try:
-            data = os.pread(fd, min(length, max(st.st_size - offset, 0)), offset) if length else b""
+        try:  # (an offset past the end is no error, and may not fit an off_t)
+            data = (os.pread(fd, min(length, st.st_size - offset), offset)
+                    if length and offset < st.st_size else b"")
         except BaseException:
             os.close(fd)
             raise
