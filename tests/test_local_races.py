@@ -1,8 +1,11 @@
-"""LocalDriver: the key -> file name mapping, and ranges past the end."""
+"""LocalDriver: the key -> file name mapping, ranges past the end, concurrent writers and
+deleters."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import random
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -170,3 +173,58 @@ async def test_ranges_past_the_end_are_empty(store: LocalDriver) -> None:
     with pytest.raises(FileNotFoundError):
         async for _ in store.stream("missing", offset=10**20):
             pass
+
+
+# ---------------------------------------------------------------------------- directory races
+
+
+async def test_uploads_racing_deletes_in_the_same_directory(store: LocalDriver) -> None:
+    """A delete prunes the directories it empties while an upload creates in them."""
+    for i in range(150):
+        base = f"r{i % 5}"
+        await store.upload(f"{base}/old", b"old")
+        results = await asyncio.gather(
+            store.upload(f"{base}/sub/new", b"new"),
+            store.delete(f"{base}/old"),
+            store.upload(f"{base}/a/b/c/new", b"new"),
+            return_exceptions=True)
+        assert [r for r in results if isinstance(r, BaseException)] == [], i
+        assert await store.download(f"{base}/sub/new") == b"new"
+        assert await store.download(f"{base}/a/b/c/new") == b"new"
+        await asyncio.gather(store.delete(f"{base}/sub/new"), store.delete(f"{base}/a/b/c/new"))
+    assert await listed(store) == []
+    assert user_files(store.root) == []
+
+
+async def test_objects_that_become_directories_concurrently(store: LocalDriver) -> None:
+    """Writing p, p/q and p/q/r at once: p and p/q turn into directories while written."""
+    for i in range(400):
+        keys = [f"p{i % 7}", f"p{i % 7}/q", f"p{i % 7}/q/r"]
+        random.shuffle(keys)
+        results = await asyncio.gather(*(store.upload(k, k.encode()) for k in keys),
+                                       return_exceptions=True)
+        assert [r for r in results if isinstance(r, BaseException)] == [], i
+        for k in keys:
+            assert await store.download(k) == k.encode()
+        results = await asyncio.gather(*(store.delete(k) for k in keys), return_exceptions=True)
+        assert [r for r in results if isinstance(r, BaseException)] == [], i
+    assert await listed(store) == []
+    assert user_files(store.root) == []
+
+
+async def test_delete_finds_an_object_moving_back_from_beside_a_pruned_directory(
+        store: LocalDriver) -> None:
+    """``p`` lives beside the directory ``p`` (as ``p\\x02``); deleting ``p/q`` prunes that
+    directory while ``p`` is rewritten onto its own name: a delete of ``p`` still finds it."""
+    keys = [f"p{j}" for j in range(20)]
+    for _ in range(30):
+        await asyncio.gather(*(store.upload(k + "/q", b"q") for k in keys))
+        await asyncio.gather(*(store.upload(k, b"old") for k in keys))
+        calls = []
+        for k in keys:
+            calls += [store.delete(k + "/q"), store.upload(k, b"new"), store.delete(k)]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        assert [r for r in results if isinstance(r, BaseException)] == []
+        await asyncio.gather(*(store.delete(k, missing_ok=True) for k in keys))  # "new" may
+    assert await listed(store) == []  # have been written after the delete
+    assert user_files(store.root) == []

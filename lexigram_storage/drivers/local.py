@@ -124,6 +124,7 @@ _SMALL = 1024 * 1024  # payloads up to this size are written in one thread hop
 _INLINE_READ = 64 * 1024  # downloads up to this size may be served without a thread hop
 _BLOCK = 1024 * 1024  # bytes per read/write hop for large objects
 _LIST_BATCH = 256
+_RETRIES = 100  # attempts of a step that concurrent deletes and writers can undo
 _OPEN_READ = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0)
 _OPEN_TMPFILE = os.O_WRONLY | getattr(os, "O_TMPFILE", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -473,38 +474,68 @@ class LocalDriver(BaseDriver):
         return self._checked(fd, key)
 
     def _make_parents(self, parts: list[str], key: str) -> int:
-        fd = os.open(self._root, _OPEN_DIR)
+        """Open the directories of *parts* from the root, creating the missing ones.
+
+        Concurrent deletes remove the directories they leave empty, concurrent writers turn
+        objects into directories: when a directory on the way was removed, the walk starts
+        again from the root (a bounded number of times)."""
+        for _ in range(_RETRIES):
+            fd: int | None = os.open(self._root, _OPEN_DIR)
+            try:
+                for name in parts[:-1]:
+                    assert fd is not None
+                    child = self._make_dir(fd, name, key)
+                    os.close(fd)
+                    fd = child
+                    if fd is None:
+                        break
+            except BaseException:
+                if fd is not None:
+                    os.close(fd)
+                raise
+            if fd is not None:
+                return fd
+        raise OSError(errno.EAGAIN, "the directories kept changing while being created", key)
+
+    def _make_dir(self, fd: int, name: str, key: str) -> int | None:
+        """Open the directory *name* in *fd*, creating it (an object of that name moves beside
+        it, to ``name\\x02``); ``None`` when *fd* itself has been removed."""
+        for _ in range(_RETRIES):
+            try:
+                os.mkdir(name, dir_fd=fd)
+            except FileExistsError:
+                pass
+            except FileNotFoundError:  # our directory was pruned by a concurrent delete
+                return None
+            try:
+                return os.open(name, _OPEN_DIR | os.O_NOFOLLOW, dir_fd=fd)
+            except FileNotFoundError:  # pruned by a concurrent delete: make it again
+                continue
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
+                    raise
+            current = _lstat_at(name, fd)
+            if current is None or stat.S_ISDIR(current.st_mode):
+                continue  # changed meanwhile: look again
+            if stat.S_ISLNK(current.st_mode):
+                return self._open_link_target(name, fd, key)
+            self._move_beside(fd, name)
+        raise OSError(errno.EAGAIN, "the directory kept changing while being created", name)
+
+    def _move_beside(self, fd: int, name: str) -> None:
+        """Move the object's file *name* to ``name\\x02``, making room for a directory.
+
+        A concurrent writer may have done it first and made *name* a directory: the rename
+        then fails (the directory cannot replace the object beside it), or, if that object
+        has just been deleted too, moves the directory, which is put back."""
         try:
-            for name in parts[:-1]:
-                for _ in range(20):
-                    with contextlib.suppress(FileExistsError):
-                        os.mkdir(name, dir_fd=fd)
-                    try:
-                        child = os.open(name, _OPEN_DIR | os.O_NOFOLLOW, dir_fd=fd)
-                    except NotADirectoryError:
-                        current = _lstat_at(name, fd)
-                        if current is not None and stat.S_ISLNK(current.st_mode):
-                            child = self._open_link_target(name, fd, key)
-                            break
-                        # an object has this name: it moves beside the new directory
-                        with contextlib.suppress(FileNotFoundError, IsADirectoryError):
-                            os.rename(name, name + _SELF, src_dir_fd=fd, dst_dir_fd=fd)
-                        continue
-                    except FileNotFoundError:  # removed by a concurrent delete
-                        continue
-                    except OSError as exc:
-                        if exc.errno != errno.ELOOP:
-                            raise
-                        child = self._open_link_target(name, fd, key)
-                    break
-                else:  # pragma: no cover - pathological contention
-                    raise OSError(errno.EAGAIN, "could not create the parent directory", name)
-                os.close(fd)
-                fd = child
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
+            os.rename(name, name + _SELF, src_dir_fd=fd, dst_dir_fd=fd)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return  # changed meanwhile: the caller looks again
+        moved = _lstat_at(name + _SELF, fd)
+        if moved is not None and stat.S_ISDIR(moved.st_mode):
+            with contextlib.suppress(OSError):
+                os.rename(name + _SELF, name, src_dir_fd=fd, dst_dir_fd=fd)
 
     # ------------------------------------------------------------------ metadata
 
@@ -955,16 +986,24 @@ class LocalDriver(BaseDriver):
         found = False
         try:
             name = parts[-1]
-            for candidate in (name, name + _SELF):
-                st = _lstat_at(candidate, dfd)
+            for _ in range(_RETRIES):
+                for candidate in (name, name + _SELF):
+                    st = _lstat_at(candidate, dfd)
+                    if st is None or stat.S_ISDIR(st.st_mode):
+                        continue
+                    try:
+                        os.unlink(candidate, dir_fd=dfd)
+                    except FileNotFoundError:
+                        continue
+                    self._drop_sidecar(st)
+                    found = True
+                if found:
+                    break
+                # nothing found: unless a writer has just put the object back on its own name
+                # (its directory was pruned meanwhile) and dropped the copy beside it
+                st = _lstat_at(name, dfd)
                 if st is None or stat.S_ISDIR(st.st_mode):
-                    continue
-                try:
-                    os.unlink(candidate, dir_fd=dfd)
-                except FileNotFoundError:
-                    continue
-                self._drop_sidecar(st)
-                found = True
+                    break
             if found and self.fsync:
                 os.fsync(dfd)
         finally:
