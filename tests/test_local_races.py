@@ -1,18 +1,21 @@
 """LocalDriver: the key -> file name mapping, ranges past the end, concurrent writers and
-deleters."""
+deleters, cancellation at the commit point."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import random
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from lexigram_storage.drivers import local
 from lexigram_storage.drivers.local import INTERNAL_DIR, LocalDriver
+from lexigram_storage.models import ObjectInfo
 
 MiB = 1024 * 1024
 NAME_MAX = 255
@@ -179,33 +182,37 @@ async def test_ranges_past_the_end_are_empty(store: LocalDriver) -> None:
 
 
 async def test_uploads_racing_deletes_in_the_same_directory(store: LocalDriver) -> None:
-    """A delete prunes the directories it empties while an upload creates in them."""
-    for i in range(150):
-        base = f"r{i % 5}"
-        await store.upload(f"{base}/old", b"old")
-        results = await asyncio.gather(
-            store.upload(f"{base}/sub/new", b"new"),
-            store.delete(f"{base}/old"),
-            store.upload(f"{base}/a/b/c/new", b"new"),
-            return_exceptions=True)
+    """A delete prunes the directories it empties while uploads create in them."""
+    bases = [f"r{j}" for j in range(10)]
+    for i in range(40):
+        await asyncio.gather(*(store.upload(f"{b}/old", b"old") for b in bases))
+        calls = []
+        for b in bases:
+            calls += [store.upload(f"{b}/sub/new", b"new"), store.delete(f"{b}/old"),
+                      store.upload(f"{b}/a/b/c/new", b"new")]
+        results = await asyncio.gather(*calls, return_exceptions=True)
         assert [r for r in results if isinstance(r, BaseException)] == [], i
-        assert await store.download(f"{base}/sub/new") == b"new"
-        assert await store.download(f"{base}/a/b/c/new") == b"new"
-        await asyncio.gather(store.delete(f"{base}/sub/new"), store.delete(f"{base}/a/b/c/new"))
+        for b in bases:
+            assert await store.download(f"{b}/sub/new") == b"new"
+            assert await store.download(f"{b}/a/b/c/new") == b"new"
+        await asyncio.gather(*(store.delete(f"{b}/{k}") for b in bases
+                               for k in ("sub/new", "a/b/c/new")))
     assert await listed(store) == []
     assert user_files(store.root) == []
 
 
 async def test_objects_that_become_directories_concurrently(store: LocalDriver) -> None:
     """Writing p, p/q and p/q/r at once: p and p/q turn into directories while written."""
-    for i in range(400):
-        keys = [f"p{i % 7}", f"p{i % 7}/q", f"p{i % 7}/q/r"]
-        random.shuffle(keys)
+    rng = random.Random(3)
+    for i in range(60):
+        keys = [k for j in range(8) for k in (f"p{j}", f"p{j}/q", f"p{j}/q/r")]
+        rng.shuffle(keys)
         results = await asyncio.gather(*(store.upload(k, k.encode()) for k in keys),
                                        return_exceptions=True)
         assert [r for r in results if isinstance(r, BaseException)] == [], i
         for k in keys:
             assert await store.download(k) == k.encode()
+        rng.shuffle(keys)
         results = await asyncio.gather(*(store.delete(k) for k in keys), return_exceptions=True)
         assert [r for r in results if isinstance(r, BaseException)] == [], i
     assert await listed(store) == []
@@ -228,3 +235,143 @@ async def test_delete_finds_an_object_moving_back_from_beside_a_pruned_directory
         await asyncio.gather(*(store.delete(k, missing_ok=True) for k in keys))  # "new" may
     assert await listed(store) == []  # have been written after the delete
     assert user_files(store.root) == []
+
+
+# ---------------------------------------------------------------------------- cancellation
+
+
+async def _chunks(n: int, size: int) -> AsyncIterator[bytes]:
+    for i in range(n):
+        await asyncio.sleep(0)
+        yield bytes([65 + i % 26]) * size
+
+
+async def _cancel_after(coro: object, ticks: int, delay: float) -> tuple[str, object]:
+    """Run *coro* as a task, cancel it after *ticks* loop iterations plus *delay* seconds;
+    ("cancelled", None) or ("done", result)."""
+    task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+    for _ in range(ticks):
+        await asyncio.sleep(0)
+    if delay:
+        await asyncio.sleep(delay)
+    task.cancel()
+    try:
+        result = await task
+    except asyncio.CancelledError:
+        return "cancelled", None
+    return "done", result
+
+
+def _same_object(a: ObjectInfo, b: ObjectInfo) -> bool:
+    return (a.etag, a.size, a.metadata, a.content_type) == (b.etag, b.size, b.metadata,
+                                                            b.content_type)
+
+
+@pytest.mark.parametrize("payload", ["small", "large"])
+async def test_cancelled_upload_either_stored_or_changed_nothing(store: LocalDriver,
+                                                                 payload: str) -> None:
+    rng = random.Random(8)
+    outcomes = {"cancelled": 0, "done": 0}
+    rounds = 120 if payload == "small" else 40
+    for i in range(rounds):
+        key = f"c/{i % 3}/obj"
+        old = await store.upload(key, f"old {i}".encode(), metadata={"round": str(i)})
+        if payload == "small":
+            data: object = f"new {i}".encode() * 50
+            expected = f"new {i}".encode() * 50
+        else:
+            data = _chunks(40, 64 * 1024)
+            expected = b"".join([bytes([65 + j % 26]) * (64 * 1024) for j in range(40)])
+        ticks = i % 12 if i < rounds // 2 else 0
+        delay = 0.0 if i < rounds // 2 else rng.random() * (0.001 if payload == "small" else 0.02)
+        outcome, result = await _cancel_after(
+            store.upload(key, data, metadata={"new": "yes"}), ticks, delay)  # type: ignore[arg-type]
+        outcomes[outcome] += 1
+        now = await store.info(key)
+        if outcome == "cancelled":
+            assert _same_object(now, old), (i, ticks, delay)
+            assert await store.download(key) == f"old {i}".encode()
+        else:
+            assert isinstance(result, ObjectInfo)
+            assert _same_object(now, result) and now.metadata == {"new": "yes"}
+            assert await store.download(key) == expected
+        assert staging(store.root) == [], i
+        assert await listed(store, "c/") == sorted({f"c/{j % 3}/obj" for j in range(i + 1)})
+        assert user_files(store.root) == sorted({f"c/{j % 3}/obj" for j in range(i + 1)})
+    assert outcomes["cancelled"] and outcomes["done"], outcomes
+
+
+async def test_cancel_during_the_commit_returns_the_stored_object(store: LocalDriver) -> None:
+    """Cancels that land while the commit runs in its thread: the call completes normally."""
+    await store.upload("k", b"old")
+    loop = asyncio.get_running_loop()
+    on_commit: list[Callable[[], object]] = []
+    release = threading.Event()
+    replace = store._replace
+
+    def slow_replace(*args: Any) -> None:  # the existing name: renamed over it
+        loop.call_soon_threadsafe(on_commit[0])
+        release.wait(10)
+        replace(*args)
+
+    store._replace = slow_replace  # type: ignore[method-assign]
+    try:
+        for data in (b"new", _chunks(40, 64 * 1024)):
+            release.clear()
+            task = asyncio.ensure_future(store.upload("k", data))
+
+            def cancel_twice(task: asyncio.Future[ObjectInfo] = task) -> None:
+                task.cancel()
+                loop.call_later(0.01, task.cancel)  # a second cancel while waiting
+                loop.call_later(0.02, release.set)
+
+            on_commit[:] = [cancel_twice]
+            info = await task
+            assert (await store.info("k")).etag == info.etag
+            assert await store.download("k") == (data if isinstance(data, bytes) else
+                                                 b"".join(bytes([65 + j % 26]) * 64 * 1024
+                                                          for j in range(40)))
+        # asyncio.timeout simply exits: the work finished
+        release.clear()
+        async with asyncio.timeout(None) as timeout:
+
+            def expire() -> None:
+                timeout.reschedule(loop.time())
+                loop.call_later(0.01, release.set)
+
+            on_commit[:] = [expire]
+            info = await store.upload("k", b"timed")
+        assert timeout.expired()
+        assert (await store.info("k")).etag == info.etag
+        assert await store.download("k") == b"timed"
+    finally:
+        del store._replace
+    assert staging(store.root) == []
+
+
+async def test_cancelled_copy_and_move_either_happened_or_changed_nothing(
+        store: LocalDriver) -> None:
+    rng = random.Random(4)
+    outcomes: set[str] = set()
+    for i in range(80):
+        src, dst = f"s/{i}", "d/obj"
+        await store.upload(src, b"s" * (i * 20_000), metadata={"from": "src"})
+        old = await store.upload(dst, f"old {i}".encode(), metadata={"from": "old"})
+        op = store.copy if i % 2 else store.move
+        ticks = (i // 2) % 6 if i < 40 else 0
+        delay = 0.0 if i < 40 else rng.random() * 0.002
+        outcome, result = await _cancel_after(op(src, dst), ticks, delay)
+        outcomes.add(outcome)
+        now = await store.info(dst)
+        if outcome == "cancelled":
+            assert _same_object(now, old), i
+            assert await store.download(src) == b"s" * (i * 20_000)
+        else:
+            assert isinstance(result, ObjectInfo)
+            assert now.etag == result.etag and now.metadata == {"from": "src"}
+            assert await store.download(dst) == b"s" * (i * 20_000)
+            assert await store.exists(src) == (op == store.copy)
+        await store.delete(src, missing_ok=True)
+        assert staging(store.root) == []
+        assert user_files(store.root) == ["d/obj"]
+    assert outcomes == {"cancelled", "done"}

@@ -31,6 +31,21 @@ Atomicity
     named temp files of a killed process are removed by ``prepare()``. ``copy`` writes a temp
     copy and renames it; ``move`` is a rename (the metadata travels with the inode).
 
+Cancellation
+    An upload, copy or move ends with one thread hop that commits (the link or rename). A
+    cancellation that arrives before that commit begins aborts the call: the hop stops before
+    the commit (or never starts), is waited for, its temp file is removed, nothing changed,
+    and ``CancelledError`` propagates. Once the commit has begun it is not interrupted: the
+    call waits for it (through further cancellations) and then completes as if it had not
+    been cancelled -- the object is stored and its info returned (the cancellation is consumed:
+    ``asyncio.timeout`` exits without ``TimeoutError``) -- or raises the commit's own error.
+
+Concurrency
+    Concurrent uploads, deletes, copies and moves never fail each other: a delete removes the
+    directories it leaves empty and a write turns an object into a directory (``a/b`` ->
+    ``a/b\\x02``) while other calls work in those directories; the steps they undo are
+    retried (a bounded number of times).
+
 Symlinks
     Every file and directory the driver opens is checked after opening (``/proc/self/fd``): if
     it resolves outside the root, or into ``.lexigram/``, the call fails with
@@ -81,6 +96,7 @@ import secrets
 import stat
 import struct
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -308,6 +324,27 @@ class LocalDriver(BaseDriver):
         fut: asyncio.Future[T] = loop.create_future()
         _pool().submit(_run_job, loop, fut, fn, args)
         return fut
+
+    async def _hop_commit(self, gate: _Gate, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)``, a hop whose commit *gate* guards, in a worker thread; await it
+        with the guarantee of the module docstring ("Cancellation"): cancelled before the
+        commit began, the hop is stopped there, waited for, and ``CancelledError`` propagates;
+        once it began, the hop is waited for through cancellations, which are consumed, and
+        its outcome is the call's."""
+        task = asyncio.current_task()
+        cancelling = task.cancelling() if task is not None else 0
+        fut = self._hop(fn, *args)
+        try:
+            return await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            if gate.abandon():
+                await _settle(fut)  # the thread removes its temp file
+                raise
+        await _settle(fut)
+        if task is not None:
+            while task.cancelling() > cancelling:
+                task.uncancel()
+        return fut.result()
 
     # ------------------------------------------------------------------ setup
 
@@ -650,14 +687,15 @@ class LocalDriver(BaseDriver):
         if written < total:
             self._write_all(fd, b"".join(parts)[written:])
 
-    def _small_write(self, key: str, parts: list[bytes], meta: _Meta, create_only: bool
-                     ) -> ObjectInfo:
+    def _small_write(self, key: str, parts: list[bytes], meta: _Meta, create_only: bool,
+                     gate: _Gate) -> ObjectInfo:
         """The whole upload of an in-memory payload in one thread hop. Its unnamed temp file is
         created in the object's own directory, opened (and checked) first and kept for the
         commit: the inode is allocated beside its directory's, as for a file created there,
         rather than in staging's block group."""
+        gate.check()
         self._ensure_ready()
-        state = _Temp()
+        state = _Temp(gate)
         dfd = None
         if self._tmpfile:
             dfd = self._open_parent(_components(key), key, create=True)
@@ -697,6 +735,7 @@ class LocalDriver(BaseDriver):
         fd = state.fd
         assert fd is not None
         try:
+            state.gate.check()
             if parts:
                 self._write_parts(fd, parts)
             self._store_meta(fd, meta)
@@ -713,7 +752,9 @@ class LocalDriver(BaseDriver):
         """Put the complete temp file in place. An unnamed one (``O_TMPFILE``, fd open) is
         linked straight onto the object's name when that name is free (one ``linkat``), else
         named in staging first; a named one is renamed (create-only: hard-linked) onto it.
-        *parent*: the object's directory, already opened and checked by the caller."""
+        *parent*: the object's directory, already opened and checked by the caller. Raises
+        ``_Abandoned`` (nothing done) when the call was cancelled before the commit began."""
+        state.gate.enter()
         parts = _components(key)
         name = parts[-1]
         for attempt in range(20):
@@ -803,7 +844,9 @@ class LocalDriver(BaseDriver):
             if raw is not None:
                 meta = _Meta(request.content_type, dict(request.metadata), request.cache_control,
                              payload.etag, time.time())
-                return await self._hop(self._small_write, key, [raw], meta, request.create_only)
+                gate = _Gate()
+                return await self._hop_commit(gate, self._small_write, key, [raw], meta,
+                                              request.create_only, gate)
         chunks = payload.__aiter__()
         parts: list[bytes] = []
         size = 0
@@ -823,17 +866,18 @@ class LocalDriver(BaseDriver):
         if ended:
             meta = _Meta(request.content_type, dict(request.metadata), request.cache_control,
                          payload.etag, time.time())
-            return await self._hop(self._small_write, key, parts, meta, request.create_only)
+            gate = _Gate()
+            return await self._hop_commit(gate, self._small_write, key, parts, meta,
+                                          request.create_only, gate)
         return await self._stream_write(key, payload, chunks, parts)
 
     async def _stream_write(self, key: str, payload: Payload, chunks: AsyncIterator[bytes],
                             parts: list[bytes]) -> ObjectInfo:
         """A large upload: ~1 MiB per thread hop, one write in flight while the next block
-        arrives; on any failure or cancellation the temp file is removed."""
+        arrives; on any failure or cancellation before the commit the temp file is removed."""
         request = payload.request
-        loop = asyncio.get_running_loop()
-        state = _Temp()
-        pending: asyncio.Future[Any] = loop.run_in_executor(None, self._begin, state, parts)
+        state = _Temp(_Gate())
+        pending: asyncio.Future[Any] = self._hop(self._begin, state, parts)
         try:
             parts = []
             size = 0
@@ -842,20 +886,18 @@ class LocalDriver(BaseDriver):
                 size += len(chunk)
                 if size >= _BLOCK:
                     await asyncio.shield(pending)
-                    pending = loop.run_in_executor(None, self._more, state, parts)
+                    pending = self._hop(self._more, state, parts)
                     parts, size = [], 0
             await asyncio.shield(pending)
-            meta = _Meta(request.content_type, dict(request.metadata), request.cache_control,
-                         payload.etag, time.time())
-            pending = loop.run_in_executor(None, self._finish, state, key, parts, meta,
-                                           request.create_only)
-            info: ObjectInfo = await asyncio.shield(pending)
-            return info
         except BaseException:
             await _settle(pending)  # never close a file a thread is still writing
             state.discard()
             await _aclose(chunks)
             raise
+        meta = _Meta(request.content_type, dict(request.metadata), request.cache_control,
+                     payload.etag, time.time())
+        return await self._hop_commit(state.gate, self._finish, state, key, parts, meta,
+                                      request.create_only)
 
     # ------------------------------------------------------------------ reading
 
@@ -1023,7 +1065,8 @@ class LocalDriver(BaseDriver):
     # ------------------------------------------------------------------ copy and move
 
     async def _copy(self, src: str, dst: str) -> ObjectInfo:
-        return await self._hop(self._copy_sync, src, dst)
+        gate = _Gate()
+        return await self._hop_commit(gate, self._copy_sync, src, dst, gate)
 
     def _open_source(self, src: str) -> tuple[int, os.stat_result]:
         """Open the source object of a copy or move."""
@@ -1032,14 +1075,15 @@ class LocalDriver(BaseDriver):
             raise StorageFileNotFoundError(backend=self.name, key=src)
         return opened
 
-    def _copy_sync(self, src: str, dst: str) -> ObjectInfo:
+    def _copy_sync(self, src: str, dst: str, gate: _Gate) -> ObjectInfo:
+        gate.check()
         sfd, st = self._open_source(src)
         try:
             meta = self._load_meta(sfd, st, src)
             if meta.etag is None:
                 meta.etag = digest_fd(sfd)
             meta.created = time.time()
-            state = _Temp()
+            state = _Temp(gate)
             state.fd, state.path = self._new_temp()
             try:
                 _copy_fd(sfd, state.fd, st.st_size)
@@ -1051,9 +1095,11 @@ class LocalDriver(BaseDriver):
             os.close(sfd)
 
     async def _move(self, src: str, dst: str) -> ObjectInfo:
-        return await self._hop(self._move_sync, src, dst)
+        gate = _Gate()
+        return await self._hop_commit(gate, self._move_sync, src, dst, gate)
 
-    def _move_sync(self, src: str, dst: str) -> ObjectInfo:
+    def _move_sync(self, src: str, dst: str, gate: _Gate) -> ObjectInfo:
+        gate.check()
         sfd, st = self._open_source(src)
         try:
             meta = self._load_meta(sfd, st, src)
@@ -1079,10 +1125,10 @@ class LocalDriver(BaseDriver):
             except OSError as exc:  # no hard links here: copy instead
                 if exc.errno not in (errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOTSUP):
                     raise
-                info = self._copy_sync(src, dst)
+                info = self._copy_sync(src, dst, gate)
                 self._delete_sync(src)
                 return info
-            state = _Temp()
+            state = _Temp(gate)
             state.path = tmp
             try:
                 self._commit(state, dst, False, st.st_ino)
@@ -1457,14 +1503,54 @@ def _pread_nowait(fd: int, size: int) -> bytes | None:
     return bytes(buf) if got == size else None
 
 
-class _Temp:
-    """A temp file being written: its fd and path until closed / committed."""
+class _Abandoned(Exception):
+    """Raised in a worker thread: the call was cancelled before its commit began."""
 
-    __slots__ = ("fd", "path")
+
+class _Gate:
+    """Whether a write may still commit. The worker thread calls ``enter()`` just before the
+    commit, the event loop ``abandon()`` when the call is cancelled: the first one wins."""
+
+    __slots__ = ("_lock", "_state")
+
+    _OPEN, _COMMITTING, _ABANDONED = range(3)
 
     def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._state = self._OPEN
+
+    def check(self) -> None:
+        """Raise ``_Abandoned`` if the call was cancelled (spares the work before the commit)."""
+        if self._state == self._ABANDONED:
+            raise _Abandoned
+
+    def enter(self) -> None:
+        """The commit begins: from now on a cancellation waits for it. Raises ``_Abandoned``
+        if the call was cancelled first."""
+        with self._lock:
+            if self._state == self._ABANDONED:
+                raise _Abandoned
+            self._state = self._COMMITTING
+
+    def abandon(self) -> bool:
+        """The call is cancelled: ``True`` if the commit is prevented, ``False`` if it began."""
+        with self._lock:
+            if self._state == self._COMMITTING:
+                return False
+            self._state = self._ABANDONED
+            return True
+
+
+class _Temp:
+    """A temp file being written: its fd and path until closed / committed, and the gate of
+    its commit."""
+
+    __slots__ = ("fd", "gate", "path")
+
+    def __init__(self, gate: _Gate) -> None:
         self.fd: int | None = None
         self.path: str | None = None
+        self.gate = gate
 
     def discard(self) -> None:
         fd, path = self.fd, self.path
