@@ -219,6 +219,57 @@ async def test_objects_that_become_directories_concurrently(store: LocalDriver) 
     assert user_files(store.root) == []
 
 
+async def test_upload_into_a_directory_pruned_under_it(store: LocalDriver,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The exact interleaving: the upload has opened ``d`` when a delete empties and prunes it,
+    then creates ``sub`` in it."""
+    await store.upload("d/old", b"old")
+    mkdir = os.mkdir
+    raced: list[str] = []
+
+    def pruned_first(path: str, mode: int = 0o777, *, dir_fd: int | None = None) -> None:
+        if path == "sub" and dir_fd is not None and not raced:
+            raced.append(path)
+            assert store._delete_sync("d/old")  # removes d, now empty
+        mkdir(path, mode, dir_fd=dir_fd)
+
+    monkeypatch.setattr(os, "mkdir", pruned_first)
+    await store.upload("d/sub/new", b"new")
+    assert raced
+    assert await listed(store) == ["d/sub/new"]
+
+
+@pytest.mark.parametrize("then", ["kept", "deleted"])
+async def test_object_turned_into_a_directory_by_another_writer_first(
+        store: LocalDriver, monkeypatch: pytest.MonkeyPatch, then: str) -> None:
+    """The exact interleaving: a writer of ``p/q`` sees the object ``p`` where it needs a
+    directory; before it moves ``p`` aside, a writer of ``p/r`` does (and, *deleted*, ``p``
+    is then deleted): its own move must neither fail nor move the new directory."""
+    await store.upload("p", b"p")
+    rename = os.rename
+    raced: list[str] = []
+
+    def converted_first(src: str, dst: str, *, src_dir_fd: int | None = None,
+                        dst_dir_fd: int | None = None) -> None:
+        if (src, dst) == ("p", "p\x02") and not raced:
+            raced.append(src)
+            rename(src, dst, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
+            os.mkdir("p", dir_fd=src_dir_fd)
+            (store.root / "p" / "r").write_bytes(b"r")
+            if then == "deleted":
+                os.unlink("p\x02", dir_fd=src_dir_fd)
+        rename(src, dst, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
+
+    monkeypatch.setattr(os, "rename", converted_first)
+    await store.upload("p/q", b"q")
+    monkeypatch.undo()
+    assert raced
+    assert await listed(store) == (["p"] if then == "kept" else []) + ["p/q", "p/r"]
+    assert await store.download("p/q") == b"q"
+    assert await store.download("p/r") == b"r"
+    assert await store.exists("p") == (then == "kept")
+
+
 async def test_delete_finds_an_object_moving_back_from_beside_a_pruned_directory(
         store: LocalDriver) -> None:
     """``p`` lives beside the directory ``p`` (as ``p\\x02``); deleting ``p/q`` prunes that
