@@ -426,3 +426,37 @@ async def test_cancelled_copy_and_move_either_happened_or_changed_nothing(
         assert staging(store.root) == []
         assert user_files(store.root) == ["d/obj"]
     assert outcomes == {"cancelled", "done"}
+
+
+async def test_stream_cancelled_while_its_file_is_opened_closes_it(
+        store: LocalDriver, monkeypatch: pytest.MonkeyPatch) -> None:
+    await store.upload("k", b"k" * 100)
+    opened, release = threading.Event(), threading.Event()
+    open_and_read = store._open_and_read
+
+    def slow(*args: Any) -> Any:
+        result = open_and_read(*args)
+        opened.set()
+        release.wait(10)
+        return result
+
+    monkeypatch.setattr(store, "_open_and_read", slow)
+
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    before = open_fds()
+    for _ in range(3):
+        opened.clear()
+        release.clear()
+        first = asyncio.ensure_future(anext(store.stream("k")))
+        await asyncio.to_thread(opened.wait, 10)
+        first.cancel()
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+    for _ in range(500):  # the threads hand their results back to the loop
+        if open_fds() <= before:
+            break
+        await asyncio.sleep(0.01)
+    assert open_fds() <= before

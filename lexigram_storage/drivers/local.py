@@ -314,15 +314,18 @@ class LocalDriver(BaseDriver):
 
     # ------------------------------------------------------------------ threads
 
-    def _hop(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+    def _hop(self, fn: Callable[..., T], *args: Any,
+             release: Callable[[T], object] | None = None) -> asyncio.Future[T]:
         """Run ``fn(*args)`` in a worker thread of the driver pool; await the result.
 
         The thread hands the result to the loop with one ``call_soon_threadsafe``
         (``run_in_executor`` chains a second future through it: ~40% more per hop). As with
-        ``run_in_executor``, a call cancelled before its thread picked it up does not run."""
+        ``run_in_executor``, a call cancelled before its thread picked it up does not run;
+        a result that arrives after the call was cancelled is passed to *release* (an fd to
+        close)."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
-        _pool().submit(_run_job, loop, fut, fn, args)
+        _pool().submit(_run_job, loop, fut, fn, args, release)
         return fut
 
     async def _hop_commit(self, gate: _Gate, fn: Callable[..., T], *args: Any) -> T:
@@ -905,7 +908,8 @@ class LocalDriver(BaseDriver):
                     ) -> AsyncIterator[bytes]:
         block = max(_BLOCK, chunk_size)
         first_len = block if length is None else min(block, length)
-        fd, st, data = await self._hop(self._open_and_read, key, offset, first_len)
+        fd, st, data = await self._hop(self._open_and_read, key, offset, first_len,
+                                       release=_close_opened)
         loop = asyncio.get_running_loop()
         end = st.st_size if length is None else min(st.st_size, offset + length)
         pos = offset + len(data)
@@ -1370,7 +1374,7 @@ def _pool() -> ThreadPoolExecutor:
 
 
 def _run_job(loop: asyncio.AbstractEventLoop, fut: asyncio.Future[T], fn: Callable[..., T],
-             args: tuple[Any, ...]) -> None:
+             args: tuple[Any, ...], release: Callable[[T], object] | None) -> None:
     if fut.cancelled():  # the caller gave up before a thread was free
         return
     try:
@@ -1378,12 +1382,18 @@ def _run_job(loop: asyncio.AbstractEventLoop, fut: asyncio.Future[T], fn: Callab
     except BaseException as exc:
         loop.call_soon_threadsafe(_job_failed, fut, exc)
     else:
-        loop.call_soon_threadsafe(_job_done, fut, result)
+        loop.call_soon_threadsafe(_job_done, fut, result, release)
 
 
-def _job_done(fut: asyncio.Future[T], result: T) -> None:
+def _job_done(fut: asyncio.Future[T], result: T, release: Callable[[T], object] | None) -> None:
     if not fut.done():
         fut.set_result(result)
+    elif release is not None:  # the caller gave up while the thread worked
+        release(result)
+
+
+def _close_opened(opened: tuple[int, os.stat_result, bytes]) -> None:
+    os.close(opened[0])
 
 
 def _job_failed(fut: asyncio.Future[Any], exc: BaseException) -> None:
