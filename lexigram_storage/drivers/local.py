@@ -337,8 +337,10 @@ class LocalDriver(BaseDriver):
         task = asyncio.current_task()
         cancelling = task.cancelling() if task is not None else 0
         fut = self._hop(fn, *args)
+        waiter: _Waiter[T] = _Waiter(gate, loop=asyncio.get_running_loop())
+        fut.add_done_callback(waiter.follow)
         try:
-            return await asyncio.shield(fut)
+            return await waiter
         except asyncio.CancelledError:
             if gate.abandon():
                 await _settle(fut)  # the thread removes its temp file
@@ -1549,6 +1551,30 @@ class _Gate:
                 return False
             self._state = self._ABANDONED
             return True
+
+
+class _Waiter(asyncio.Future[T]):
+    """What the caller of a committing hop awaits in place of the hop's own future (like the
+    outer future of ``asyncio.shield``, so the thread's outcome is never lost). Cancelling it
+    abandons the gate at once: a hop that no thread has picked up yet will not commit."""
+
+    def __init__(self, gate: _Gate, *, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop=loop)
+        self._gate = gate
+
+    def cancel(self, msg: Any | None = None) -> bool:
+        self._gate.abandon()
+        return super().cancel(msg=msg)
+
+    def follow(self, fut: asyncio.Future[T]) -> None:
+        """Take the outcome of the hop's future *fut* (unless cancelled meanwhile)."""
+        if self.done():
+            return
+        exc = fut.exception()
+        if exc is not None:
+            self.set_exception(exc)
+        else:
+            self.set_result(fut.result())
 
 
 class _Temp:
