@@ -319,8 +319,12 @@ def _same_object(a: ObjectInfo, b: ObjectInfo) -> bool:
 
 
 @pytest.mark.parametrize("payload", ["small", "large"])
+@pytest.mark.parametrize("xattrs", [True, False], ids=["xattr", "sidecar"])
 async def test_cancelled_upload_either_stored_or_changed_nothing(store: LocalDriver,
-                                                                 payload: str) -> None:
+                                                                 payload: str,
+                                                                 xattrs: bool) -> None:
+    store._xattrs = xattrs and store._xattrs
+    meta_dir = store.root / INTERNAL_DIR / "meta"
     rng = random.Random(8)
     outcomes = {"cancelled": 0, "done": 0}
     rounds = 120 if payload == "small" else 40
@@ -349,6 +353,8 @@ async def test_cancelled_upload_either_stored_or_changed_nothing(store: LocalDri
         assert staging(store.root) == [], i
         assert await listed(store, "c/") == sorted({f"c/{j % 3}/obj" for j in range(i + 1)})
         assert user_files(store.root) == sorted({f"c/{j % 3}/obj" for j in range(i + 1)})
+        if not store._xattrs:  # one sidecar per object, none for an abandoned temp file
+            assert len(os.listdir(meta_dir)) == min(i + 1, 3), i
     assert outcomes["cancelled"] and outcomes["done"], outcomes
 
 

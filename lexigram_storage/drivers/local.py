@@ -747,7 +747,11 @@ class LocalDriver(BaseDriver):
             if self.fsync:
                 os.fsync(fd)
             st = os.fstat(fd)
-            self._commit(state, key, create_only, st.st_ino, dfd)
+            try:
+                self._commit(state, key, create_only, st.st_ino, dfd)
+            except _Abandoned:
+                self._drop_sidecar(st)  # (where metadata lives beside the file)
+                raise
         finally:
             state.discard()
         return _info(key, st, meta)
