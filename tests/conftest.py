@@ -24,17 +24,6 @@ pytest_plugins = ["tests.emulators"]
 
 LOCAL_MODES = ("native", "portable")
 
-# Tests (in files not owned by the platform work) of what only the native strategy does; the
-# portable behaviour they would contradict is tested in tests/test_local_platform.py.
-_NATIVE_ONLY = {
-    "test_symlinks_leading_outside_are_refused":
-        "native strategies follow symlinks that stay inside the root; the portable walk "
-        "refuses every symlink",
-    "test_small_cached_downloads_need_no_thread": "cached reads (openat2/preadv2) are Linux-only",
-    "test_plain_metadata_fits_in_the_inode": "user xattrs are not used by the portable driver",
-}
-
-
 def _runs_local_modes(path: Path) -> bool:
     return path.name.startswith("test_local") or path.name == "test_conformance_local.py"
 
@@ -50,10 +39,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     marker = metafunc.definition.get_closest_marker("local_modes")
     modes = marker.args if marker is not None else LOCAL_MODES
-    skip = _NATIVE_ONLY.get(metafunc.definition.originalname)
-    params = [pytest.param(mode, marks=pytest.mark.skip(reason=skip))
-              if skip is not None and mode == "portable" else mode for mode in modes]
-    metafunc.parametrize("local_mode", params, indirect=True)
+    metafunc.parametrize("local_mode", modes, indirect=True)
 
 
 @pytest.fixture(autouse=True)

@@ -149,7 +149,8 @@ async def test_cancelled_upload_leaves_nothing_and_keeps_old(store: LocalDriver)
     gate = asyncio.Event()
     task = asyncio.create_task(store.upload("keep.bin", slow_chunks(400, 64 * 1024, gate)))
     await gate.wait()
-    await asyncio.sleep(0.01)
+    for _ in range(20):  # a few loop turns: well before the last of the 400 chunks
+        await asyncio.sleep(0)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -244,9 +245,8 @@ async def test_create_only_is_atomic_and_keeps_no_temp(store: LocalDriver) -> No
 # ---------------------------------------------------------------------------- path safety
 
 
-async def test_traversal_and_reserved_keys_rejected(store: LocalDriver) -> None:
-    for key in ["../escape", "a/../../etc/passwd", "/etc/passwd", INTERNAL_DIR,
-                f"{INTERNAL_DIR}/staging/x", f"{INTERNAL_DIR}/meta/1-2"]:
+async def test_traversal_keys_rejected(store: LocalDriver) -> None:
+    for key in ["../escape", "a/../../etc/passwd", "/etc/passwd"]:
         with pytest.raises(InvalidPathError):
             await store.upload(key, b"x")
         with pytest.raises(InvalidPathError):
@@ -258,6 +258,9 @@ async def test_traversal_and_reserved_keys_rejected(store: LocalDriver) -> None:
     assert [i.path async for i in store.list(".lexi")] == []
 
 
+# native strategies follow symlinks that stay inside the root; the portable walk refuses every
+# symlink (tests/test_local_platform.py)
+@pytest.mark.local_modes("native")
 async def test_symlinks_leading_outside_are_refused(store: LocalDriver, tmp_path: Path) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -498,6 +501,7 @@ async def test_health_probe_writes_in_staging(store: LocalDriver) -> None:
     assert [i async for i in store.list()] == []
 
 
+@pytest.mark.local_modes("native")  # cached reads (openat2/preadv2) are Linux-only
 async def test_small_cached_downloads_need_no_thread(store: LocalDriver,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     if local._openat2 is None:
@@ -539,6 +543,7 @@ async def test_downloads_fall_back_to_a_thread(store: LocalDriver, tmp_path: Pat
                 await store.download("missing/k")
 
 
+@pytest.mark.local_modes("native")  # user xattrs are not used by the portable driver
 async def test_plain_metadata_fits_in_the_inode(store: LocalDriver) -> None:
     info = await store.upload("p/x.bin", b"x" * 100)
     raw = os.getxattr(store.root / "p" / "x.bin", "user.lexigram")

@@ -5,14 +5,19 @@ Layout
     (``staging/`` for temp files, ``meta/`` for metadata sidecars when the filesystem has no
     user extended attributes). Keys whose first segment is ``.lexigram`` are rejected.
 
-    S3 allows what a filesystem does not, and this driver allows it too:
+    Every valid key can be stored (the key rule is the same on every driver), including what
+    a filesystem does not allow:
 
     * a key that is also a "directory" of other keys (``a/b`` and ``a/b/c``): the object
       ``a/b`` then lives in the file ``a/b\\x02`` beside the directory ``a/b``;
-    * a segment longer than a file name may be (255 bytes): it is split into 200-byte pieces,
-      each but the last stored as a directory whose name ends in ``\\x01``.
+    * a segment longer than 200 UTF-8 bytes (a file name may have 255): it is split into
+      pieces of at most 200 bytes (never inside a character), each but the last stored as a
+      directory whose name ends in ``\\x01``. Every stored name, with its suffix, is at most
+      201 bytes, whatever the key: the names are decided before anything is written;
+    * a key whose first segment is ``.lexigram``: that segment is stored as ``.lexigram\\x03``,
+      so such keys never reach the driver's own area, which listings skip.
 
-    Neither control character can appear in a key, so the mapping is reversible; plain keys are
+    No control character can appear in a key, so the mapping is reversible; plain keys are
     plain paths.
 
 Atomicity
@@ -54,6 +59,21 @@ Metadata sidecars
     (``meta/<dev>-<ino>.link``) that keeps the inode number from being reused while the record
     exists. Temp files are then always named ones, and a replaced or deleted object's sidecar
     is collected without a check-then-delete race (see ``_fs/sidecar.py``).
+
+Cancellation
+    An upload, copy or move ends with one thread hop that commits (the link or rename). A
+    cancellation that arrives before that commit begins aborts the call: the hop stops before
+    the commit (or never starts), is waited for, its temp file is removed, nothing changed,
+    and ``CancelledError`` propagates. Once the commit has begun it is not interrupted: the
+    call waits for it (through further cancellations) and then completes as if it had not
+    been cancelled -- the object is stored and its info returned (the cancellation is consumed:
+    ``asyncio.timeout`` exits without ``TimeoutError``) -- or raises the commit's own error.
+
+Concurrency
+    Concurrent uploads, deletes, copies and moves never fail each other: a delete removes the
+    directories it leaves empty and a write turns an object into a directory (``a/b`` ->
+    ``a/b\\x02``) while other calls work in those directories; the steps they undo are
+    retried (a bounded number of times).
 
 Speed, and what runs on the event loop
     Writes always run in worker threads: creating a file can wait for the disk or the journal
@@ -145,11 +165,13 @@ _META = "meta"
 _XATTR = "user.lexigram"
 _CONT = "\x01"  # suffix of a directory holding the rest of an over-long segment
 _SELF = "\x02"  # suffix of the file of an object whose key is also a directory
+_OWN = INTERNAL_DIR + "\x03"  # the stored name of a key's first segment ".lexigram"
 _PIECE = 200  # bytes per stored name piece (NAME_MAX is 255)
 _SMALL = 1024 * 1024  # payloads up to this size are written in one thread hop
 _INLINE_READ = 64 * 1024  # downloads up to this size may be served without a thread hop
 _BLOCK = 1024 * 1024  # bytes per read/write hop for large objects
 _LIST_BATCH = 256
+_RETRIES = 100  # attempts of a step that concurrent deletes and writers can undo
 _OPEN_READ = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0)
 _OPEN_TMPFILE = os.O_WRONLY | getattr(os, "O_TMPFILE", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -174,23 +196,25 @@ def _umask() -> int:
 
 
 def _components(key: str) -> list[str]:
-    """The stored names for *key*: one per segment, over-long segments split into pieces."""
-    if len(key) <= _PIECE:
-        return key.split("/")
-    out: list[str] = []
-    for segment in key.split("/"):
-        raw = segment.encode("utf-8", "surrogatepass")
-        if len(raw) <= _PIECE:
-            out.append(segment)
-            continue
-        while len(raw) > _PIECE:
-            cut = _PIECE
-            while cut > 0 and (raw[cut] & 0xC0) == 0x80:  # keep UTF-8 sequences whole
-                cut -= 1
-            out.append(raw[:cut].decode("utf-8", "surrogatepass") + _CONT)
-            raw = raw[cut:]
-        out.append(raw.decode("utf-8", "surrogatepass"))
-    return out
+    """The stored names for *key*: one per segment, a segment over ``_PIECE`` UTF-8 bytes
+    split into pieces, a first segment ``.lexigram`` escaped (see the module docstring)."""
+    if len(key) <= _PIECE and (key.isascii() or len(key.encode("utf-8", "surrogatepass"))
+                               <= _PIECE):
+        parts = key.split("/")
+    else:
+        parts = []
+        for segment in key.split("/"):
+            raw = segment.encode("utf-8", "surrogatepass")
+            while len(raw) > _PIECE:
+                cut = _PIECE
+                while (raw[cut] & 0xC0) == 0x80:  # keep UTF-8 sequences whole
+                    cut -= 1
+                parts.append(raw[:cut].decode("utf-8", "surrogatepass") + _CONT)
+                raw = raw[cut:]
+            parts.append(raw.decode("utf-8", "surrogatepass"))
+    if parts[0] == INTERNAL_DIR:
+        parts[0] = _OWN
+    return parts
 
 
 # The common record (no user metadata, no cache control) is packed: creation time (big-endian
@@ -326,16 +350,42 @@ class LocalDriver(BaseDriver):
 
     # ------------------------------------------------------------------ threads
 
-    def _hop(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+    def _hop(self, fn: Callable[..., T], *args: Any,
+             release: Callable[[T], object] | None = None) -> asyncio.Future[T]:
         """Run ``fn(*args)`` in a worker thread of the driver pool; await the result.
 
         The thread hands the result to the loop with one ``call_soon_threadsafe``
         (``run_in_executor`` chains a second future through it: ~40% more per hop). As with
-        ``run_in_executor``, a call cancelled before its thread picked it up does not run."""
+        ``run_in_executor``, a call cancelled before its thread picked it up does not run;
+        a result that arrives after the call was cancelled is passed to *release* (an fd to
+        close)."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
-        _pool().submit(_run_job, loop, fut, fn, args)
+        _pool().submit(_run_job, loop, fut, fn, args, release)
         return fut
+
+    async def _hop_commit(self, gate: _Gate, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)``, a hop whose commit *gate* guards, in a worker thread; await it
+        with the guarantee of the module docstring ("Cancellation"): cancelled before the
+        commit began, the hop is stopped there, waited for, and ``CancelledError`` propagates;
+        once it began, the hop is waited for through cancellations, which are consumed, and
+        its outcome is the call's."""
+        task = asyncio.current_task()
+        cancelling = task.cancelling() if task is not None else 0
+        fut = self._hop(fn, *args)
+        waiter: _Waiter[T] = _Waiter(gate, loop=asyncio.get_running_loop())
+        fut.add_done_callback(waiter.follow)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if gate.abandon():
+                await _settle(fut)  # the thread removes its temp file
+                raise
+        await _settle(fut)
+        if task is not None:
+            while task.cancelling() > cancelling:
+                task.uncancel()
+        return fut.result()
 
     # ------------------------------------------------------------------ setup
 
@@ -530,17 +580,11 @@ class LocalDriver(BaseDriver):
         return InvalidPathError("the key resolves outside the storage root (symlink)",
                                 backend=self.name, key=key)
 
-    def _reject_internal(self, key: str) -> None:
-        if key == INTERNAL_DIR or key.startswith(INTERNAL_DIR + "/"):
-            raise InvalidPathError(f"keys under {INTERNAL_DIR!r} are reserved by the local driver",
-                                   backend=self.name, key=key)
-
     def _path(self, parts: list[str]) -> str:
         return self._root + "/" + "/".join(parts)
 
     def _open_object(self, key: str) -> tuple[int, os.stat_result] | None:
         """Open the object's file for reading: (fd, stat), or None when there is none."""
-        self._reject_internal(key)
         parts = _components(key)
         if self._fs.fd_path is None:
             return self._walk_to_object(parts, key)
@@ -624,38 +668,68 @@ class LocalDriver(BaseDriver):
         return self._checked(fd, key)
 
     def _make_parents(self, parts: list[str], key: str) -> int:
-        fd = os.open(self._root, _OPEN_DIR)
+        """Open the directories of *parts* from the root, creating the missing ones.
+
+        Concurrent deletes remove the directories they leave empty, concurrent writers turn
+        objects into directories: when a directory on the way was removed, the walk starts
+        again from the root (a bounded number of times)."""
+        for _ in range(_RETRIES):
+            fd: int | None = os.open(self._root, _OPEN_DIR)
+            try:
+                for name in parts[:-1]:
+                    assert fd is not None
+                    child = self._make_dir(fd, name, key)
+                    os.close(fd)
+                    fd = child
+                    if fd is None:
+                        break
+            except BaseException:
+                if fd is not None:
+                    os.close(fd)
+                raise
+            if fd is not None:
+                return fd
+        raise OSError(errno.EAGAIN, "the directories kept changing while being created", key)
+
+    def _make_dir(self, fd: int, name: str, key: str) -> int | None:
+        """Open the directory *name* in *fd*, creating it (an object of that name moves beside
+        it, to ``name\\x02``); ``None`` when *fd* itself has been removed."""
+        for _ in range(_RETRIES):
+            try:
+                os.mkdir(name, dir_fd=fd)
+            except FileExistsError:
+                pass
+            except FileNotFoundError:  # our directory was pruned by a concurrent delete
+                return None
+            try:
+                return os.open(name, _OPEN_DIR | os.O_NOFOLLOW, dir_fd=fd)
+            except FileNotFoundError:  # pruned by a concurrent delete: make it again
+                continue
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
+                    raise
+            current = _lstat_at(name, fd)
+            if current is None or stat.S_ISDIR(current.st_mode):
+                continue  # changed meanwhile: look again
+            if stat.S_ISLNK(current.st_mode):
+                return self._open_link_target(name, fd, key)
+            self._move_beside(fd, name)
+        raise OSError(errno.EAGAIN, "the directory kept changing while being created", name)
+
+    def _move_beside(self, fd: int, name: str) -> None:
+        """Move the object's file *name* to ``name\\x02``, making room for a directory.
+
+        A concurrent writer may have done it first and made *name* a directory: the rename
+        then fails (the directory cannot replace the object beside it), or, if that object
+        has just been deleted too, moves the directory, which is put back."""
         try:
-            for name in parts[:-1]:
-                for _ in range(20):
-                    with contextlib.suppress(FileExistsError):
-                        os.mkdir(name, dir_fd=fd)
-                    try:
-                        child = os.open(name, _OPEN_DIR | os.O_NOFOLLOW, dir_fd=fd)
-                    except NotADirectoryError:
-                        current = _lstat_at(name, fd)
-                        if current is not None and stat.S_ISLNK(current.st_mode):
-                            child = self._open_link_target(name, fd, key)
-                            break
-                        # an object has this name: it moves beside the new directory
-                        with contextlib.suppress(FileNotFoundError, IsADirectoryError):
-                            os.rename(name, name + _SELF, src_dir_fd=fd, dst_dir_fd=fd)
-                        continue
-                    except FileNotFoundError:  # removed by a concurrent delete
-                        continue
-                    except OSError as exc:
-                        if exc.errno != errno.ELOOP:
-                            raise
-                        child = self._open_link_target(name, fd, key)
-                    break
-                else:  # pragma: no cover - pathological contention
-                    raise OSError(errno.EAGAIN, "could not create the parent directory", name)
-                os.close(fd)
-                fd = child
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
+            os.rename(name, name + _SELF, src_dir_fd=fd, dst_dir_fd=fd)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return  # changed meanwhile: the caller looks again
+        moved = _lstat_at(name + _SELF, fd)
+        if moved is not None and stat.S_ISDIR(moved.st_mode):
+            with contextlib.suppress(OSError):
+                os.rename(name + _SELF, name, src_dir_fd=fd, dst_dir_fd=fd)
 
     # ------------------------------------------------------------------ metadata
 
@@ -760,14 +834,15 @@ class LocalDriver(BaseDriver):
         if written < total:
             self._write_all(fd, b"".join(parts)[written:])
 
-    def _small_write(self, key: str, parts: list[bytes], meta: _Meta, create_only: bool
-                     ) -> ObjectInfo:
+    def _small_write(self, key: str, parts: list[bytes], meta: _Meta, create_only: bool,
+                     gate: _Gate) -> ObjectInfo:
         """The whole upload of an in-memory payload in one thread hop. Its unnamed temp file is
         created in the object's own directory, opened (and checked) first and kept for the
         commit: the inode is allocated beside its directory's, as for a file created there,
         rather than in staging's block group."""
+        gate.check()
         self._ensure_ready()
-        state = _Temp()
+        state = _Temp(gate)
         dfd = None
         if self._tmpfile:
             dfd = self._open_parent(_components(key), key, create=True)
@@ -807,12 +882,14 @@ class LocalDriver(BaseDriver):
         fd = state.fd
         assert fd is not None
         try:
+            state.gate.check()
             if parts:
                 self._write_parts(fd, parts)
             self._store_meta(state, meta)
             if self.fsync:
                 os.fsync(fd)
             st = os.fstat(fd)
+            # abandoned (_Abandoned): discard() removes the temp file and its sidecar
             self._commit(state, key, create_only, st.st_ino, dfd)
         finally:
             state.discard()
@@ -823,7 +900,9 @@ class LocalDriver(BaseDriver):
         """Put the complete temp file in place. An unnamed one (``O_TMPFILE``, fd open) is
         linked straight onto the object's name when that name is free (one ``linkat``), else
         named in staging first; a named one is renamed (create-only: hard-linked) onto it.
-        *parent*: the object's directory, already opened and checked by the caller."""
+        *parent*: the object's directory, already opened and checked by the caller. Raises
+        ``_Abandoned`` (nothing done) when the call was cancelled before the commit began."""
+        state.gate.enter()
         parts = _components(key)
         name = parts[-1]
         for attempt in range(20):
@@ -907,14 +986,15 @@ class LocalDriver(BaseDriver):
             raise create_only_conflict(self.name, key) from None
 
     async def _write(self, key: str, payload: Payload) -> ObjectInfo:
-        self._reject_internal(key)
         request = payload.request
         if payload.size_hint is not None and payload.size_hint <= _SMALL:
             raw = payload.take_bytes()  # bytes or str: checked now, no async iteration
             if raw is not None:
                 meta = _Meta(request.content_type, dict(request.metadata), request.cache_control,
                              payload.etag, time.time())
-                return await self._hop(self._small_write, key, [raw], meta, request.create_only)
+                gate = _Gate()
+                return await self._hop_commit(gate, self._small_write, key, [raw], meta,
+                                              request.create_only, gate)
         chunks = payload.__aiter__()
         parts: list[bytes] = []
         size = 0
@@ -934,17 +1014,18 @@ class LocalDriver(BaseDriver):
         if ended:
             meta = _Meta(request.content_type, dict(request.metadata), request.cache_control,
                          payload.etag, time.time())
-            return await self._hop(self._small_write, key, parts, meta, request.create_only)
+            gate = _Gate()
+            return await self._hop_commit(gate, self._small_write, key, parts, meta,
+                                          request.create_only, gate)
         return await self._stream_write(key, payload, chunks, parts)
 
     async def _stream_write(self, key: str, payload: Payload, chunks: AsyncIterator[bytes],
                             parts: list[bytes]) -> ObjectInfo:
         """A large upload: ~1 MiB per thread hop, one write in flight while the next block
-        arrives; on any failure or cancellation the temp file is removed."""
+        arrives; on any failure or cancellation before the commit the temp file is removed."""
         request = payload.request
-        loop = asyncio.get_running_loop()
-        state = _Temp()
-        pending: asyncio.Future[Any] = loop.run_in_executor(None, self._begin, state, parts)
+        state = _Temp(_Gate())
+        pending: asyncio.Future[Any] = self._hop(self._begin, state, parts)
         try:
             parts = []
             size = 0
@@ -953,20 +1034,18 @@ class LocalDriver(BaseDriver):
                 size += len(chunk)
                 if size >= _BLOCK:
                     await asyncio.shield(pending)
-                    pending = loop.run_in_executor(None, self._more, state, parts)
+                    pending = self._hop(self._more, state, parts)
                     parts, size = [], 0
             await asyncio.shield(pending)
-            meta = _Meta(request.content_type, dict(request.metadata), request.cache_control,
-                         payload.etag, time.time())
-            pending = loop.run_in_executor(None, self._finish, state, key, parts, meta,
-                                           request.create_only)
-            info: ObjectInfo = await asyncio.shield(pending)
-            return info
         except BaseException:
             await _settle(pending)  # never close a file a thread is still writing
             state.discard()
             await _aclose(chunks)
             raise
+        meta = _Meta(request.content_type, dict(request.metadata), request.cache_control,
+                     payload.etag, time.time())
+        return await self._hop_commit(state.gate, self._finish, state, key, parts, meta,
+                                      request.create_only)
 
     # ------------------------------------------------------------------ reading
 
@@ -974,7 +1053,8 @@ class LocalDriver(BaseDriver):
                     ) -> AsyncIterator[bytes]:
         block = max(_BLOCK, chunk_size)
         first_len = block if length is None else min(block, length)
-        fd, st, data = await self._hop(self._open_and_read, key, offset, first_len)
+        fd, st, data = await self._hop(self._open_and_read, key, offset, first_len,
+                                       release=_close_opened)
         loop = asyncio.get_running_loop()
         end = st.st_size if length is None else min(st.st_size, offset + length)
         pos = offset + len(data)
@@ -1006,8 +1086,9 @@ class LocalDriver(BaseDriver):
         if opened is None:
             raise StorageFileNotFoundError(backend=self.name, key=key)
         fd, st = opened
-        try:
-            data = os.pread(fd, min(length, max(st.st_size - offset, 0)), offset) if length else b""
+        try:  # (an offset past the end is no error, and may not fit an off_t)
+            data = (os.pread(fd, min(length, st.st_size - offset), offset)
+                    if length and offset < st.st_size else b"")
         except BaseException:
             os.close(fd)
             raise
@@ -1025,7 +1106,6 @@ class LocalDriver(BaseDriver):
         ``_open_cached``; the read uses ``RWF_NOWAIT``). ``None``: read it in a thread."""
         if _openat2 is None or not self._fs.cached_reads:
             return None
-        self._reject_internal(key)
         path = self._path(_components(key))
         for candidate in (path, path + _SELF):
             try:
@@ -1089,7 +1169,6 @@ class LocalDriver(BaseDriver):
         return await self._hop(self._delete_sync, key)
 
     def _delete_sync(self, key: str) -> bool:
-        self._reject_internal(key)
         parts = _components(key)
         dfd = self._open_parent(parts, key, create=False)
         if dfd is None:
@@ -1097,16 +1176,24 @@ class LocalDriver(BaseDriver):
         found = False
         try:
             name = parts[-1]
-            for candidate in (name, name + _SELF):
-                st = _lstat_at(candidate, dfd)
+            for _ in range(_RETRIES):
+                for candidate in (name, name + _SELF):
+                    st = _lstat_at(candidate, dfd)
+                    if st is None or stat.S_ISDIR(st.st_mode):
+                        continue
+                    try:
+                        os.unlink(candidate, dir_fd=dfd)
+                    except FileNotFoundError:
+                        continue
+                    self._drop_sidecar(st)
+                    found = True
+                if found:
+                    break
+                # nothing found: unless a writer has just put the object back on its own name
+                # (its directory was pruned meanwhile) and dropped the copy beside it
+                st = _lstat_at(name, dfd)
                 if st is None or stat.S_ISDIR(st.st_mode):
-                    continue
-                try:
-                    os.unlink(candidate, dir_fd=dfd)
-                except FileNotFoundError:
-                    continue
-                self._drop_sidecar(st)
-                found = True
+                    break
             if found and self.fsync:
                 os.fsync(dfd)
         finally:
@@ -1126,24 +1213,25 @@ class LocalDriver(BaseDriver):
     # ------------------------------------------------------------------ copy and move
 
     async def _copy(self, src: str, dst: str) -> ObjectInfo:
-        return await self._hop(self._copy_sync, src, dst)
+        gate = _Gate()
+        return await self._hop_commit(gate, self._copy_sync, src, dst, gate)
 
-    def _open_source(self, src: str, dst: str) -> tuple[int, os.stat_result]:
-        """Open the source object of a copy or move (checking the target key first)."""
-        self._reject_internal(dst)
+    def _open_source(self, src: str) -> tuple[int, os.stat_result]:
+        """Open the source object of a copy or move."""
         opened = self._open_object(src)
         if opened is None:
             raise StorageFileNotFoundError(backend=self.name, key=src)
         return opened
 
-    def _copy_sync(self, src: str, dst: str) -> ObjectInfo:
-        sfd, st = self._open_source(src, dst)
+    def _copy_sync(self, src: str, dst: str, gate: _Gate) -> ObjectInfo:
+        gate.check()
+        sfd, st = self._open_source(src)
         try:
             meta = self._load_meta(sfd, st, src)
             if meta.etag is None:
                 meta.etag = digest_fd(sfd)
             meta.created = time.time()
-            state = _Temp()
+            state = _Temp(gate)
             state.fd, state.path = self._new_temp()
             try:
                 _copy_fd(sfd, state.fd, st.st_size)
@@ -1155,10 +1243,12 @@ class LocalDriver(BaseDriver):
             os.close(sfd)
 
     async def _move(self, src: str, dst: str) -> ObjectInfo:
-        return await self._hop(self._move_sync, src, dst)
+        gate = _Gate()
+        return await self._hop_commit(gate, self._move_sync, src, dst, gate)
 
-    def _move_sync(self, src: str, dst: str) -> ObjectInfo:
-        sfd, st = self._open_source(src, dst)
+    def _move_sync(self, src: str, dst: str, gate: _Gate) -> ObjectInfo:
+        gate.check()
+        sfd, st = self._open_source(src)
         try:
             meta = self._load_meta(sfd, st, src)
         finally:
@@ -1183,10 +1273,10 @@ class LocalDriver(BaseDriver):
             except OSError as exc:  # no hard links here: copy instead
                 if exc.errno not in (errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOTSUP):
                     raise
-                info = self._copy_sync(src, dst)
+                info = self._copy_sync(src, dst, gate)
                 self._delete_sync(src)
                 return info
-            state = _Temp()
+            state = _Temp(gate)
             state.path = tmp
             try:
                 self._commit(state, dst, False, st.st_ino)
@@ -1243,8 +1333,11 @@ class LocalDriver(BaseDriver):
         items: list[tuple[str, int, os.DirEntry[str]]] = []  # (lower bound, kind, entry)
         for entry in entries:
             name = entry.name
-            if top and name == INTERNAL_DIR:
-                continue
+            if top and name.startswith(INTERNAL_DIR):
+                if name == INTERNAL_DIR:
+                    continue  # the driver's own area
+                if name.startswith(_OWN):
+                    name = INTERNAL_DIR + name[len(_OWN):]  # a key's escaped ".lexigram"
             try:
                 is_dir = entry.is_dir(follow_symlinks=False)
             except OSError:
@@ -1376,7 +1469,6 @@ class LocalDriver(BaseDriver):
             raise refused("has expired")
         try:  # (a key signed before the key rule changed)
             validate_key(key, self.name)
-            self._reject_internal(key)
         except InvalidPathError as exc:
             raise refused("names a key this driver no longer accepts") from exc
         return key
@@ -1437,7 +1529,7 @@ def _pool() -> ThreadPoolExecutor:
 
 
 def _run_job(loop: asyncio.AbstractEventLoop, fut: asyncio.Future[T], fn: Callable[..., T],
-             args: tuple[Any, ...]) -> None:
+             args: tuple[Any, ...], release: Callable[[T], object] | None) -> None:
     if fut.cancelled():  # the caller gave up before a thread was free
         return
     try:
@@ -1445,12 +1537,18 @@ def _run_job(loop: asyncio.AbstractEventLoop, fut: asyncio.Future[T], fn: Callab
     except BaseException as exc:
         loop.call_soon_threadsafe(_job_failed, fut, exc)
     else:
-        loop.call_soon_threadsafe(_job_done, fut, result)
+        loop.call_soon_threadsafe(_job_done, fut, result, release)
 
 
-def _job_done(fut: asyncio.Future[T], result: T) -> None:
+def _job_done(fut: asyncio.Future[T], result: T, release: Callable[[T], object] | None) -> None:
     if not fut.done():
         fut.set_result(result)
+    elif release is not None:  # the caller gave up while the thread worked
+        release(result)
+
+
+def _close_opened(opened: tuple[int, os.stat_result, bytes]) -> None:
+    os.close(opened[0])
 
 
 def _job_failed(fut: asyncio.Future[Any], exc: BaseException) -> None:
@@ -1499,16 +1597,80 @@ def _lstat_at(name: str, dfd: int) -> os.stat_result | None:
         return None
 
 
-class _Temp:
-    """A temp file being written: its fd and path until closed / committed; *undo* removes
-    what was stored beside it (a metadata sidecar) if it is discarded uncommitted."""
+class _Abandoned(Exception):
+    """Raised in a worker thread: the call was cancelled before its commit began."""
 
-    __slots__ = ("fd", "path", "undo")
+
+class _Gate:
+    """Whether a write may still commit. The worker thread calls ``enter()`` just before the
+    commit, the event loop ``abandon()`` when the call is cancelled: the first one wins."""
+
+    __slots__ = ("_lock", "_state")
+
+    _OPEN, _COMMITTING, _ABANDONED = range(3)
 
     def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._state = self._OPEN
+
+    def check(self) -> None:
+        """Raise ``_Abandoned`` if the call was cancelled (spares the work before the commit)."""
+        if self._state == self._ABANDONED:
+            raise _Abandoned
+
+    def enter(self) -> None:
+        """The commit begins: from now on a cancellation waits for it. Raises ``_Abandoned``
+        if the call was cancelled first."""
+        with self._lock:
+            if self._state == self._ABANDONED:
+                raise _Abandoned
+            self._state = self._COMMITTING
+
+    def abandon(self) -> bool:
+        """The call is cancelled: ``True`` if the commit is prevented, ``False`` if it began."""
+        with self._lock:
+            if self._state == self._COMMITTING:
+                return False
+            self._state = self._ABANDONED
+            return True
+
+
+class _Waiter(asyncio.Future[T]):
+    """What the caller of a committing hop awaits in place of the hop's own future (like the
+    outer future of ``asyncio.shield``, so the thread's outcome is never lost). Cancelling it
+    abandons the gate at once: a hop that no thread has picked up yet will not commit."""
+
+    def __init__(self, gate: _Gate, *, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop=loop)
+        self._gate = gate
+
+    def cancel(self, msg: Any | None = None) -> bool:
+        self._gate.abandon()
+        return super().cancel(msg=msg)
+
+    def follow(self, fut: asyncio.Future[T]) -> None:
+        """Take the outcome of the hop's future *fut* (unless cancelled meanwhile)."""
+        if self.done():
+            return
+        exc = fut.exception()
+        if exc is not None:
+            self.set_exception(exc)
+        else:
+            self.set_result(fut.result())
+
+
+class _Temp:
+    """A temp file being written: its fd and path until closed / committed, the gate of its
+    commit, and *undo*, which removes what was stored beside it (a metadata sidecar) if it is
+    discarded uncommitted."""
+
+    __slots__ = ("fd", "gate", "path", "undo")
+
+    def __init__(self, gate: _Gate) -> None:
         self.fd: int | None = None
         self.path: str | None = None
         self.undo: Callable[[], object] | None = None
+        self.gate = gate
 
     def discard(self) -> None:
         fd, path, undo = self.fd, self.path, self.undo
