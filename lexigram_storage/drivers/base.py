@@ -30,7 +30,13 @@ from lexigram_storage.errors import (
 from lexigram_storage.events import NO_EVENTS, StorageEvents
 from lexigram_storage.keys import validate_key, validate_prefix
 from lexigram_storage.models import DirListing, ObjectInfo
-from lexigram_storage.payload import Payload, UploadPolicy, UploadRequest, guess_content_type
+from lexigram_storage.payload import (
+    Payload,
+    UploadPolicy,
+    UploadRequest,
+    check_content_type,
+    guess_content_type,
+)
 
 if TYPE_CHECKING:
     from lexigram_storage.config import NamedStorageConfig
@@ -241,6 +247,10 @@ class BaseDriver:
         **options: Any,
     ) -> ObjectInfo:
         """Store *data* under *path* and return its info.
+
+        Cancellation: before the driver's commit step a cancellation aborts the upload (nothing
+        stored, the previous object intact, ``CancelledError``); once the commit began it runs
+        to its end, the event is queued and the info returned (the cancellation is consumed).
 
         *data* is bytes, str (UTF-8), a binary file object (read in chunks), or an (async)
         iterator of bytes. *content_type* is a MIME type or an ``UploadOptions``; keyword
