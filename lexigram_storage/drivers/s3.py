@@ -45,6 +45,7 @@ from lexigram_storage.errors import (
     StorageConfigurationError,
     StorageFileNotFoundError,
     StoragePermissionError,
+    StorageRequestRejectedError,
     StorageUnavailableError,
     unsupported,
 )
@@ -82,8 +83,9 @@ _NO_BUCKET = frozenset({"NoSuchBucket"})
 _DENIED = frozenset({"AccessDenied", "403", "Forbidden", "InvalidAccessKeyId",
                      "SignatureDoesNotMatch", "AllAccessDisabled", "AccountProblem",
                      "InvalidToken", "ExpiredToken"})
+# transient answers (some S3-compatible stores send them with a 400 or without a status)
 _UNAVAILABLE = frozenset({"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout",
-                          "Throttling", "ThrottlingException", "RequestTimeTooSkewed",
+                          "Throttling", "ThrottlingException", "TooManyRequests",
                           "500", "502", "503", "504"})
 _PRESIGN_GET_OPTIONS = {
     "response_content_disposition": "ResponseContentDisposition",
@@ -93,6 +95,72 @@ _PRESIGN_GET_OPTIONS = {
 _PRESIGN_PUT_OPTIONS = {"content_type": "ContentType"}
 _SSE_HEADERS = {"ServerSideEncryption": "x-amz-server-side-encryption",
                 "SSEKMSKeyId": "x-amz-server-side-encryption-aws-kms-key-id"}
+
+
+def map_s3_error(exc: BaseException, backend: str, bucket: str, key: str | None, *,
+                 bucket_request: bool = False) -> StorageError | None:
+    """The one translation of S3 and HTTP-client errors (``None``: not an S3 error).
+
+    ============================================  =====================================
+    server answer / client failure                error
+    ============================================  =====================================
+    ``NoSuchBucket``; 404 to a bucket request     ``StorageBucketNotFoundError``
+    404, ``NoSuchKey``                            ``StorageFileNotFoundError``
+    403, ``AccessDenied``, bad or expired keys    ``StoragePermissionError``
+    412, ``PreconditionFailed``                   ``PreconditionFailedError``
+    5xx, 429, ``SlowDown``, ``RequestTimeout``,   ``StorageUnavailableError``
+    throttling; connection refused/reset/closed,
+    connect and read timeouts
+    any other 4xx (``InvalidArgument``,           ``StorageRequestRejectedError``
+    ``MetadataTooLarge``, ``InvalidRequest``...);
+    a request the SDK or HTTP client refuses to
+    send (parameter validation, header injection)
+    ============================================  =====================================
+    """
+    if isinstance(exc, boto_exc.ClientError):
+        code = _code(exc)
+        status = _status(exc)
+        message = str(exc.response.get("Error", {}).get("Message") or code or status)
+        text = f"{code or status}: {message}"
+        details = {"status": status, "error_code": code}
+        if code in _NO_BUCKET or (bucket_request and (code in _NOT_FOUND or status == 404)):
+            return StorageBucketNotFoundError(f"bucket {bucket!r} does not exist",
+                                              backend=backend, key=key, details=details, cause=exc)
+        if code in _NOT_FOUND or status == 404:
+            return StorageFileNotFoundError(backend=backend, key=key, details=details, cause=exc)
+        if code in _DENIED or status == 403:
+            return StoragePermissionError(text, backend=backend, key=key, details=details,
+                                          cause=exc)
+        if code == "PreconditionFailed" or status == 412:
+            return PreconditionFailedError(text, backend=backend, key=key, details=details,
+                                           cause=exc)
+        if code in _UNAVAILABLE or status >= 500 or status == 429:
+            return StorageUnavailableError(text, backend=backend, key=key, details=details,
+                                           cause=exc)
+        return StorageRequestRejectedError(text, backend=backend, key=key, details=details,
+                                           cause=exc)
+    if isinstance(exc, boto_exc.NoCredentialsError | boto_exc.PartialCredentialsError):
+        return StoragePermissionError(
+            f"no usable AWS credentials: {exc}", backend=backend, key=key, cause=exc,
+            hint="Set access_key/secret_key or configure the AWS credential chain.")
+    if isinstance(exc, boto_exc.ParamValidationError):
+        return StorageRequestRejectedError(f"the S3 client refused the request: {exc}",
+                                           backend=backend, key=key, cause=exc)
+    if type(exc) is boto_exc.HTTPClientError:  # its subclasses are timeouts and closed connections
+        # botocore wraps whatever the HTTP client raised: an outage only when that was one
+        inner = getattr(exc, "kwargs", {}).get("error")
+        if isinstance(inner, ValueError):  # e.g. aiohttp refusing a header with CR/LF
+            return StorageRequestRejectedError(f"the HTTP client refused the request: {inner}",
+                                               backend=backend, key=key, cause=exc)
+        if not isinstance(inner, OSError | TimeoutError | aiohttp.ClientConnectionError
+                          | aiohttp.ClientPayloadError):
+            return None  # a generic StorageError: something failed, but not the connection
+    if isinstance(exc, boto_exc.ConnectionError | boto_exc.HTTPClientError
+                  | aiohttp.ClientConnectionError | aiohttp.ClientPayloadError
+                  | TimeoutError | ConnectionError):
+        return StorageUnavailableError(f"{type(exc).__name__}: {exc}", backend=backend,
+                                       key=key, cause=exc)
+    return None
 
 
 def _code(exc: BaseException) -> str:
@@ -347,34 +415,7 @@ class S3Driver(BaseDriver):
     # ------------------------------------------------------------------ errors
 
     def _map_error(self, exc: BaseException, key: str | None) -> StorageError | None:
-        code = _code(exc)
-        status = _status(exc)
-        if isinstance(exc, boto_exc.ClientError):
-            message = str(exc.response.get("Error", {}).get("Message") or code)
-            if code in _NO_BUCKET:
-                return StorageBucketNotFoundError(f"bucket {self._bucket!r} does not exist",
-                                                  backend=self.name, key=key, cause=exc)
-            if code in _NOT_FOUND or status == 404:
-                return StorageFileNotFoundError(backend=self.name, key=key, cause=exc)
-            if code in _DENIED or status == 403:
-                return StoragePermissionError(f"{code}: {message}", backend=self.name, key=key,
-                                              cause=exc)
-            if code in ("PreconditionFailed", "412") or status == 412:
-                return PreconditionFailedError(f"{code}: {message}", backend=self.name, key=key,
-                                               cause=exc)
-            if code in _UNAVAILABLE or status >= 500:
-                return StorageUnavailableError(f"{code}: {message}", backend=self.name, key=key,
-                                               cause=exc)
-            return None
-        if isinstance(exc, boto_exc.NoCredentialsError | boto_exc.PartialCredentialsError):
-            return StoragePermissionError(
-                f"no usable AWS credentials: {exc}", backend=self.name, key=key, cause=exc,
-                hint="Set access_key/secret_key or configure the AWS credential chain.")
-        if isinstance(exc, boto_exc.ConnectionError | boto_exc.HTTPClientError
-                      | aiohttp.ClientError | TimeoutError | ConnectionError):
-            return StorageUnavailableError(f"{type(exc).__name__}: {exc}", backend=self.name,
-                                           key=key, cause=exc)
-        return None
+        return map_s3_error(exc, self.name, self._bucket, key)
 
     def _error(self, exc: BaseException, key: str | None) -> StorageError:
         mapped = self._translate(exc, key)
@@ -915,11 +956,9 @@ class S3Driver(BaseDriver):
         client = await self._get_client()
         try:
             await client.head_bucket(Bucket=self._bucket)
-        except boto_exc.ClientError as exc:
-            if _status(exc) == 404 or _code(exc) in ("404", "NoSuchBucket", "NotFound"):
-                raise StorageBucketNotFoundError(f"bucket {self._bucket!r} does not exist",
-                                                 backend=self.name, cause=exc) from exc
-            raise self._error(exc, None) from exc
+        except Exception as exc:
+            mapped = map_s3_error(exc, self.name, self._bucket, None, bucket_request=True)
+            raise (mapped or self._error(exc, None)) from exc
         return {"endpoint": self.endpoint_url or "aws", "region": self.region}
 
 
