@@ -38,7 +38,7 @@ from lexigram.contracts.infra.storage import StorageError
 from pydantic import SecretStr
 
 from lexigram_storage.config import EncryptionConfig, NamedStorageConfig, StorageS3Config
-from lexigram_storage.drivers.base import BaseDriver, create_only_conflict
+from lexigram_storage.drivers.base import BaseDriver, await_to_end, create_only_conflict
 from lexigram_storage.errors import (
     PreconditionFailedError,
     StorageBucketNotFoundError,
@@ -523,7 +523,10 @@ class S3Driver(BaseDriver):
         if payload.request.create_only:
             params["IfNoneMatch"] = "*"
         try:
-            response = await client.put_object(Bucket=self._bucket, Key=key, Body=body, **params)
+            # the commit: once the request is sent the server may store the object, so the
+            # call waits for the answer even if cancelled (the cancellation guarantee)
+            response = await await_to_end(
+                client.put_object(Bucket=self._bucket, Key=key, Body=body, **params))
         except boto_exc.ClientError as exc:
             if payload.request.create_only and (_code(exc) in ("PreconditionFailed", "412")
                                                 or _status(exc) == 412):
@@ -561,10 +564,9 @@ class S3Driver(BaseDriver):
                          digest: str | None = None) -> ObjectInfo:
         params = self._write_params(payload, digest)
         try:
-            created = await client.create_multipart_upload(Bucket=self._bucket, Key=key, **params)
+            upload_id = await self._create_multipart(client, key, params)
         except Exception as exc:
             raise self._error(exc, key) from exc
-        upload_id = created["UploadId"]
         parts: dict[int, str] = {}
         in_flight: set[asyncio.Task[None]] = set()
         hint = payload.size_hint
@@ -626,12 +628,13 @@ class S3Driver(BaseDriver):
             if in_flight:
                 await asyncio.gather(*in_flight)
                 in_flight.clear()
-            completed = await client.complete_multipart_upload(
+            # the commit: runs to its end even if the call is cancelled meanwhile
+            completed = await await_to_end(client.complete_multipart_upload(
                 Bucket=self._bucket, Key=key, UploadId=upload_id,
                 MultipartUpload={"Parts": [{"PartNumber": n, "ETag": parts[n]}
                                            for n in sorted(parts)]},
                 **({"IfNoneMatch": "*"} if payload.request.create_only else {}),
-            )
+            ))
         except BaseException as exc:
             for task in in_flight:
                 task.cancel()
@@ -648,9 +651,25 @@ class S3Driver(BaseDriver):
         if digest != payload.etag:
             # The digest is known only now (a stream, or a file that changed while it was read):
             # record it with a server-side copy onto itself, guarded so a concurrent writer's
-            # object is never touched.
-            await self._record_digest(client, key, payload, str(completed.get("ETag", "")))
+            # object is never touched. The object is stored: this runs to its end too.
+            await await_to_end(
+                self._record_digest(client, key, payload, str(completed.get("ETag", ""))))
         return self._written_info(key, payload, {})
+
+    async def _create_multipart(self, client: Any, key: str, params: dict[str, Any]) -> str:
+        """CreateMultipartUpload; return the upload id. A cancellation while the request is in
+        flight waits for its answer and aborts the upload it created (the server may have
+        created it), so no orphaned upload is left; then ``CancelledError`` propagates."""
+        create = asyncio.ensure_future(
+            client.create_multipart_upload(Bucket=self._bucket, Key=key, **params))
+        try:
+            created = await asyncio.shield(create)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                orphan = await await_to_end(create)
+                await self._abort(client, key, str(orphan["UploadId"]))
+            raise
+        return str(created["UploadId"])
 
     async def _abort(self, client: Any, key: str, upload_id: str) -> None:
         """Abort a multipart upload, even while the caller is being cancelled.
@@ -699,8 +718,9 @@ class S3Driver(BaseDriver):
                 params: dict[str, Any] = {"MetadataDirective": "REPLACE", **replace}
             else:
                 params = {"MetadataDirective": "COPY", **self._sse}
-            response: dict[str, Any] = await client.copy_object(
-                Bucket=self._bucket, Key=dst, CopySource=source, **params, **guard)
+            # the commit of a copy: runs to its end even if the call is cancelled meanwhile
+            response: dict[str, Any] = await await_to_end(client.copy_object(
+                Bucket=self._bucket, Key=dst, CopySource=source, **params, **guard))
             return response
         if replace is None:
             head = await client.head_object(Bucket=self._bucket, Key=src)
@@ -708,8 +728,7 @@ class S3Driver(BaseDriver):
                        "Metadata": dict(head.get("Metadata") or {}), **self._sse}
             if head.get("CacheControl"):
                 replace["CacheControl"] = head["CacheControl"]
-        created = await client.create_multipart_upload(Bucket=self._bucket, Key=dst, **replace)
-        upload_id = created["UploadId"]
+        upload_id = await self._create_multipart(client, dst, replace)
         part = max(self.copy_part_size, math.ceil(size / (MAX_PARTS - 1)), MIN_PART_SIZE)
         ranges = [(i // part + 1, i, min(i + part, size) - 1) for i in range(0, size, part)]
         limit = asyncio.Semaphore(self.max_concurrency)
@@ -725,10 +744,10 @@ class S3Driver(BaseDriver):
         tasks = [asyncio.ensure_future(copy_part(*r)) for r in ranges]
         try:
             await asyncio.gather(*tasks)
-            return dict(await client.complete_multipart_upload(
+            return dict(await await_to_end(client.complete_multipart_upload(
                 Bucket=self._bucket, Key=dst, UploadId=upload_id,
                 MultipartUpload={"Parts": [{"PartNumber": n, "ETag": etags[n]}
-                                           for n in sorted(etags)]}))
+                                           for n in sorted(etags)]})))
         except BaseException:
             for task in tasks:
                 task.cancel()
