@@ -73,6 +73,8 @@ GiB = 1024 * MiB
 MIN_PART_SIZE = 5 * MiB
 MAX_PART_SIZE = 5 * GiB
 MAX_PARTS = 10_000
+#: S3's object size limit (5 TiB): ranges are clamped to it
+MAX_OBJECT_SIZE = 5 * 1024 * GiB
 #: the user-metadata entry holding the hex SHA-256 of the content (x-amz-meta-lexigram-sha256)
 DIGEST_METADATA_KEY = "lexigram-sha256"
 #: the entry written by earlier versions (hex MD5): hidden from the user metadata too
@@ -760,7 +762,9 @@ class S3Driver(BaseDriver):
     async def _read(self, key: str, offset: int, length: int | None, chunk_size: int
                     ) -> AsyncIterator[bytes]:
         client = await self._get_client()
-        if length == 0:
+        if length is not None and offset + length > MAX_OBJECT_SIZE:
+            length = None  # to the end: no object is bigger (and servers reject huge ranges)
+        if length == 0 or offset >= MAX_OBJECT_SIZE:
             if await self._head(key) is None:
                 raise StorageFileNotFoundError(backend=self.name, key=key)
             return
