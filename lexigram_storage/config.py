@@ -51,7 +51,8 @@ _WEAK_SECRETS = frozenset({
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # hide_input_in_errors: a validation error must never print a secret (input_value=...)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, hide_input_in_errors=True)
 
 
 class StorageMemoryConfig(_Model):
@@ -265,6 +266,7 @@ class StorageConfig(BaseSettings):
         extra="forbid",
         validate_assignment=True,
         case_sensitive=False,
+        hide_input_in_errors=True,
     )
 
     name: str = Field("storage", description="Name of this configuration.")

@@ -15,6 +15,8 @@ from lexigram.contracts.infra.storage import StorageError, StorageUnsupportedOpe
 __all__ = [
     "ChecksumMismatchError",
     "InvalidPathError",
+    "InvalidPayloadError",
+    "InvalidUploadOptionError",
     "PreconditionFailedError",
     "QuotaExceededError",
     "StorageBootError",
@@ -24,6 +26,7 @@ __all__ = [
     "StorageFileNotFoundError",
     "StoragePartialDeleteError",
     "StoragePermissionError",
+    "StorageRequestRejectedError",
     "StorageUnavailableError",
     "StorageUnsupportedOperationError",
     "unsupported",
@@ -166,6 +169,33 @@ class StorageBootError(_BackendError):
 
     _code = "LEX_ERR_STORE_013"
     _default = "backend failed to start"
+
+
+class InvalidUploadOptionError(_BackendError, ValueError):
+    """An upload option breaks the metadata and header rule (``payload.py``): a metadata name
+    or value, the content type or the cache control; ``details["field"]`` names it. Nothing
+    was stored."""
+
+    _code = "LEX_ERR_STORE_014"
+    _default = "invalid upload option"
+
+
+class StorageRequestRejectedError(_BackendError):
+    """The backend refused the request as invalid (an HTTP 4xx other than 403, 404 and 412:
+    ``InvalidArgument``, ``MetadataTooLarge``, ``EntityTooLarge``...). Retrying will not help;
+    the backend was reachable. ``details["status"]`` and ``details["error_code"]`` carry the
+    server's answer."""
+
+    _code = "LEX_ERR_STORE_015"
+    _default = "request rejected by the backend"
+
+
+class InvalidPayloadError(_BackendError, TypeError):
+    """The upload data cannot be stored byte for byte: a text-mode file (open it with ``"rb"``)
+    or chunks that are not bytes. Nothing was stored."""
+
+    _code = "LEX_ERR_STORE_016"
+    _default = "invalid upload data"
 
 
 def unsupported(backend: str, operation: str, hint: str | None = None) -> StorageUnsupportedOperationError:

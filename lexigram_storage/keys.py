@@ -2,7 +2,9 @@
 
 Keys are ``/``-separated relative names. Rejected (``InvalidPathError``), never repaired:
 empty, absolute (``/x``), ``.`` or ``..`` segments, empty segments (``a//b``), a trailing ``/``,
-backslashes, NUL and other control characters, more than 1024 UTF-8 bytes.
+backslashes, NUL and other control characters, lone surrogates (``"a\\ud800b"``: a ``str``
+that is not valid Unicode has no UTF-8 form, so no backend can store it), more than 1024 UTF-8
+bytes.
 """
 
 from __future__ import annotations
@@ -28,7 +30,13 @@ def _problem(key: str, *, prefix: bool) -> str | None:
         return f"must be a str, not {type(key).__name__}"
     if not key:
         return None if prefix else "must not be empty"
-    if len(key) > MAX_KEY_BYTES or len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+    if len(key) > MAX_KEY_BYTES:
+        return f"is longer than {MAX_KEY_BYTES} UTF-8 bytes"
+    try:
+        encoded = key.encode("utf-8")
+    except UnicodeEncodeError:
+        return "must be valid Unicode (no lone surrogates such as '\\ud800')"
+    if len(encoded) > MAX_KEY_BYTES:
         return f"is longer than {MAX_KEY_BYTES} UTF-8 bytes"
     if key.startswith("/"):
         return "must be relative (no leading '/')"

@@ -4,6 +4,36 @@
 the size limit and the expected checksum are enforced while the bytes pass, so a driver that
 consumes the payload completely before it commits anything can never store a rejected upload.
 Nothing here reads a file object or an iterator whole.
+
+Upload data is bytes: ``bytes``/``bytearray``/``memoryview``, a ``str`` (stored as UTF-8), a
+binary file object (sync or async ``read`` returning bytes), or an (async) iterator of bytes (or
+str chunks, encoded as UTF-8). A text-mode file (``open(p, "r")``, ``io.StringIO``, any file
+whose ``read`` returns ``str``) is refused with ``InvalidPayloadError`` (a ``TypeError``): its
+newlines and encoding would be translated, so the stored bytes would differ from the file's.
+
+The metadata and header rule
+----------------------------
+
+One rule on every driver: what Amazon S3, Google Cloud Storage and Azure Blob Storage *all*
+accept unchanged, so an upload that works on one backend works on every other and reads back
+exactly as written. Anything else raises ``InvalidUploadOptionError`` (a ``ValueError``) naming
+the field, the backend and the key, before any byte is read; nothing is stored.
+
+- **Metadata names**: ASCII letters, digits and ``_``, not starting with a digit (Azure requires
+  C# identifiers: no ``-``), case-insensitive and stored lower-case (S3 and Azure do not keep
+  case), so two names differing only in case are refused. Names starting with ``lexigram`` are
+  reserved for the drivers' own entries.
+- **Metadata values**: ``str`` (an ``int`` is written in decimal), 1 to
+  ``MAX_HEADER_VALUE_CHARS`` printable ASCII characters (``0x20``-``0x7E``), no leading or
+  trailing space (values travel as HTTP headers: no control characters, no CR/LF, and HTTP
+  trims surrounding whitespace; S3 refuses non-ASCII; some Azure SDKs drop empty values).
+  Percent-encode or base64 anything else.
+- **Metadata total**: names plus values at most ``MAX_METADATA_BYTES`` (1,920) bytes: S3's
+  2 KiB limit on user metadata (the strictest: GCS and Azure allow 8 KiB) minus 128 bytes
+  reserved for the driver's own entries (the S3 driver records the SHA-256 etag there).
+- **Content type and cache control**: 1 to ``MAX_HEADER_VALUE_CHARS`` (1,024) printable ASCII
+  characters, no leading or trailing space. An empty or omitted content type is guessed from
+  the key; an empty or omitted cache control means none.
 """
 
 from __future__ import annotations
@@ -11,8 +41,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import inspect
+import io
 import mimetypes
 import os
+import re
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -21,14 +53,22 @@ from typing import Any, Final
 
 from lexigram.contracts.infra.storage import UploadOptions
 
-from lexigram_storage.errors import ChecksumMismatchError, QuotaExceededError
+from lexigram_storage.errors import (
+    ChecksumMismatchError,
+    InvalidPayloadError,
+    InvalidUploadOptionError,
+    QuotaExceededError,
+)
 
 __all__ = [
     "DEFAULT_CONTENT_TYPE",
+    "MAX_HEADER_VALUE_CHARS",
+    "MAX_METADATA_BYTES",
     "READ_CHUNK_SIZE",
     "Payload",
     "UploadPolicy",
     "UploadRequest",
+    "check_content_type",
     "content_digest",
     "digest_fd",
     "guess_content_type",
@@ -40,6 +80,15 @@ READ_CHUNK_SIZE: Final = 1024 * 1024
 _HASHES: Final = ("md5", "sha1", "sha256", "sha512")
 _DIGEST_BLOCK: Final = 4 * 1024 * 1024
 _HEX_LENGTHS: Final = {32: "md5", 40: "sha1", 64: "sha256", 128: "sha512"}
+#: names plus values of the user metadata, in bytes (S3's 2 KiB minus 128 for driver entries)
+MAX_METADATA_BYTES: Final = 2048 - 128
+#: characters of one metadata value, of the content type and of the cache control
+MAX_HEADER_VALUE_CHARS: Final = 1024
+_RESERVED_METADATA_PREFIX: Final = "lexigram"
+_METADATA_NAME = re.compile(r"[a-z_][a-z0-9_]*")
+# printable ASCII without leading or trailing space (a lone character must not be a space)
+_HEADER_VALUE = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?")
+_header_value = _HEADER_VALUE.fullmatch
 #: the digest behind every ``FileInfo.etag``, on every driver (SHA-NI makes it 2-3x faster
 #: than MD5 on current x86 and ARM CPUs)
 new_digest: Final = hashlib.sha256
@@ -153,9 +202,11 @@ class UploadRequest:
                 f"{backend}: unknown upload option(s) {sorted(unknown)}; accepted: {accepted}"
             )
         return cls(
-            content_type=explicit_type or guess_content_type(key),
-            metadata=_clean_metadata(metadata, backend=backend),
-            cache_control=cache_control,
+            content_type=(check_content_type(explicit_type, backend=backend, key=key)
+                          if explicit_type else guess_content_type(key)),
+            metadata=_check_metadata(metadata, backend=backend, key=key),
+            cache_control=(_check_header("cache_control", cache_control, backend=backend, key=key)
+                           if cache_control else None),
             public=public,
             checksum=checksum,
             create_only=if_none_match == "*",
@@ -163,19 +214,65 @@ class UploadRequest:
         )
 
 
-def _clean_metadata(metadata: Mapping[str, Any] | None, *, backend: str) -> dict[str, str]:
+def _invalid(field: str, problem: str, *, backend: str, key: str) -> InvalidUploadOptionError:
+    return InvalidUploadOptionError(f"{field} {problem} (see the metadata and header rule)",
+                                    backend=backend, key=key, details={"field": field})
+
+
+def _check_header(field: str, value: Any, *, backend: str, key: str) -> str:
+    """*value* if it is a valid header value for *field* (the rule in the module docstring)."""
+    if not isinstance(value, str):
+        raise _invalid(field, f"must be a str, not {type(value).__name__}", backend=backend, key=key)
+    if len(value) <= MAX_HEADER_VALUE_CHARS and _header_value(value):
+        return value
+    if not value:
+        problem = "must not be empty"
+    elif len(value) > MAX_HEADER_VALUE_CHARS:
+        problem = f"is longer than {MAX_HEADER_VALUE_CHARS} characters"
+    elif value != value.strip(" "):
+        problem = "must not start or end with a space"
+    else:
+        bad = next(c for c in value if not " " <= c <= "~")
+        problem = (f"contains {bad!r}: only printable ASCII is allowed (no control characters, "
+                   "no CR/LF, no non-ASCII: percent-encode or base64 such values)")
+    raise _invalid(field, problem, backend=backend, key=key)
+
+
+def check_content_type(value: Any, *, backend: str, key: str) -> str:
+    """*value* if it is a valid content type, else ``InvalidUploadOptionError``."""
+    return _check_header("content_type", value, backend=backend, key=key)
+
+
+def _check_metadata(metadata: Mapping[str, Any] | None, *, backend: str, key: str
+                    ) -> dict[str, str]:
+    """The metadata with lower-cased names, if it follows the rule in the module docstring."""
     if not metadata:
         return {}
     if not isinstance(metadata, Mapping):
-        raise TypeError(f"{backend}: metadata must be a mapping of str to str")
+        raise _invalid("metadata", f"must be a mapping of str to str, not {type(metadata).__name__}",
+                       backend=backend, key=key)
     clean: dict[str, str] = {}
-    for k, v in metadata.items():
-        name = str(k).strip().lower()
-        if not name or not name.replace("-", "").replace("_", "").isalnum() or not name.isascii():
-            raise ValueError(
-                f"{backend}: metadata key {k!r} must be ASCII letters, digits, '-' or '_'"
-            )
-        clean[name] = str(v)
+    total = 0
+    for raw_name, value in metadata.items():
+        field = f"metadata[{raw_name!r}]"
+        name = raw_name.lower() if isinstance(raw_name, str) else ""
+        if not _METADATA_NAME.fullmatch(name) or not name.isascii():
+            raise _invalid(field, "is not a valid metadata name: use ASCII letters, digits and "
+                           "'_', not starting with a digit (no '-')", backend=backend, key=key)
+        if name.startswith(_RESERVED_METADATA_PREFIX):
+            raise _invalid(field, f"is reserved: names starting with "
+                           f"{_RESERVED_METADATA_PREFIX!r} belong to the drivers",
+                           backend=backend, key=key)
+        if name in clean:
+            raise _invalid(field, "repeats another name: metadata names are case-insensitive",
+                           backend=backend, key=key)
+        if type(value) is int:
+            value = str(value)
+        clean[name] = _check_header(field, value, backend=backend, key=key)
+        total += len(name) + len(value)
+    if total > MAX_METADATA_BYTES:
+        raise _invalid("metadata", f"is {total} bytes (names plus values); the limit is "
+                       f"{MAX_METADATA_BYTES}", backend=backend, key=key)
     return clean
 
 
@@ -249,9 +346,11 @@ class Payload:
         #: a driver may pre-read it (e.g. to hash it) as long as it restores the position
         self.source_file: Any = None
         if type(data) is bytes or isinstance(data, bytearray | memoryview | str):
-            self._raw: bytes | None = _as_bytes(data, backend)
+            self._raw: bytes | None = _as_bytes(data, backend, key)
             self.size_hint: int | None = len(self._raw)
         else:
+            if isinstance(data, io.TextIOBase):
+                raise _text_mode(backend, key)
             self._raw = None
             read = getattr(data, "read", None)
             if read is not None and not inspect.iscoroutinefunction(read):
@@ -259,7 +358,7 @@ class Payload:
                 self.source_file = data if self.size_hint is not None else None
                 self._file = data
             else:
-                self._iter = _source(data, chunk_size, backend=backend)
+                self._iter = _source(data, chunk_size, backend=backend, key=key)
                 self.size_hint = None
         # OS files are read off the event loop, one hop per chunk; in-memory files inline
         self._threaded = self._file is not None and _is_os_file(self._file)
@@ -290,7 +389,7 @@ class Payload:
             self._check.update(chunk)
 
     def _read_file(self) -> bytes:
-        chunk = _as_bytes(self._file.read(self.chunk_size), self.backend)
+        chunk = _file_bytes(self._file.read(self.chunk_size), self.backend, self.key)
         if chunk:
             self._take(chunk)
         return chunk
@@ -350,30 +449,44 @@ class Payload:
             )
 
 
-def _as_bytes(chunk: Any, backend: str) -> bytes:
+def _as_bytes(chunk: Any, backend: str, key: str) -> bytes:
     if type(chunk) is bytes:
         return chunk
     if isinstance(chunk, bytes | bytearray | memoryview):
         return bytes(chunk)
     if isinstance(chunk, str):
         return chunk.encode("utf-8")
-    raise TypeError(f"{backend}: upload chunks must be bytes-like or str, not {type(chunk).__name__}")
+    raise InvalidPayloadError(
+        f"upload chunks must be bytes-like or str, not {type(chunk).__name__}",
+        backend=backend, key=key)
 
 
-def _source(data: Any, chunk_size: int, *, backend: str) -> AsyncIterator[bytes]:
+def _text_mode(backend: str, key: str) -> InvalidPayloadError:
+    return InvalidPayloadError(
+        "the file is open in text mode, which would change its bytes (newlines, encoding); "
+        "open it in binary mode ('rb')", backend=backend, key=key)
+
+
+def _file_bytes(chunk: Any, backend: str, key: str) -> bytes:
+    """A chunk read from a file: bytes-like; ``str`` means a text-mode file (refused)."""
+    if isinstance(chunk, str):
+        raise _text_mode(backend, key)
+    return _as_bytes(chunk, backend, key)
+
+
+def _source(data: Any, chunk_size: int, *, backend: str, key: str) -> AsyncIterator[bytes]:
     """An async chunk iterator over an async file object or an (async) iterator *data*
     (in-memory payloads and files with a synchronous ``read`` are handled by ``Payload``)."""
     read = getattr(data, "read", None)
     if read is not None:
-        return _async_file(read, chunk_size, backend)
+        return _async_file(read, chunk_size, backend, key)
     if hasattr(data, "__aiter__"):
-        return _async_iter(data, backend)
+        return _async_iter(data, backend, key)
     if isinstance(data, Iterator):
-        return _sync_iter(data, backend)
-    raise TypeError(
-        f"{backend}: cannot upload {type(data).__name__}; pass bytes, str, a binary file object "
-        "or an async iterator of bytes"
-    )
+        return _sync_iter(data, backend, key)
+    raise InvalidPayloadError(
+        f"cannot upload {type(data).__name__}; pass bytes, str, a binary file object "
+        "or an async iterator of bytes", backend=backend, key=key)
 
 
 def _remaining(f: Any) -> int | None:
@@ -396,19 +509,22 @@ def _is_os_file(f: Any) -> bool:
     return True
 
 
-async def _async_file(read: Any, chunk_size: int, backend: str) -> AsyncIterator[bytes]:
+async def _async_file(read: Any, chunk_size: int, backend: str, key: str
+                      ) -> AsyncIterator[bytes]:
     while True:
         chunk = await read(chunk_size)
         if not chunk:
+            if isinstance(chunk, str):
+                raise _text_mode(backend, key)
             return
-        yield _as_bytes(chunk, backend)
+        yield _file_bytes(chunk, backend, key)
 
 
-async def _async_iter(it: Any, backend: str) -> AsyncIterator[bytes]:
+async def _async_iter(it: Any, backend: str, key: str) -> AsyncIterator[bytes]:
     async for chunk in it:
-        yield _as_bytes(chunk, backend)
+        yield _as_bytes(chunk, backend, key)
 
 
-async def _sync_iter(it: Iterator[Any], backend: str) -> AsyncIterator[bytes]:
+async def _sync_iter(it: Iterator[Any], backend: str, key: str) -> AsyncIterator[bytes]:
     for chunk in it:
-        yield _as_bytes(chunk, backend)
+        yield _as_bytes(chunk, backend, key)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from pydantic import SecretStr, ValidationError
 
@@ -143,3 +145,107 @@ def test_development_allows_placeholders() -> None:
     config = StorageConfig(drivers={"s3": StorageS3Config(bucket="b", access_key="minioadmin",
                                                          secret_key=SecretStr("minioadmin"))})
     assert config.drivers.s3 is not None
+
+
+# ------------------------------------------------------------ no secret in any validation error
+
+_SECRET = "Zq8vX3tLw9pR2mK7yB4nQ"
+
+
+def _secret_free(error: BaseException) -> None:
+    for text in (str(error), repr(error), str(error.__cause__), repr(error.__cause__)):
+        # not even a part of it: pydantic cuts long inputs to their start and end
+        for start in range(len(_SECRET) - 6):
+            assert _SECRET[start:start + 6] not in text
+
+
+def test_every_config_model_hides_inputs_in_errors() -> None:
+    import inspect
+
+    from pydantic import BaseModel
+
+    from lexigram_storage import config as config_module
+
+    models = [cls for _, cls in inspect.getmembers(config_module, inspect.isclass)
+              if issubclass(cls, BaseModel) and cls.__module__ == config_module.__name__]
+    assert StorageConfig in models
+    assert len(models) >= 12
+    for model in models:
+        assert model.model_config.get("hide_input_in_errors") is True, model.__name__
+
+
+@pytest.mark.parametrize("build", [
+    lambda: StorageS3Config(bucket="b", access_key="AKIA", secret_key=_SECRET,  # type: ignore[arg-type]
+                            max_attempts="x"),  # type: ignore[arg-type]
+    lambda: StorageS3Config(bucket="b", access_key="AKIA", secret_key="s",  # type: ignore[arg-type]
+                            session_token=_SECRET, read_timeout="slow"),  # type: ignore[arg-type]
+    lambda: StorageR2Config(bucket="b", account_id="acc", access_key="AKIA",
+                            secret_key=_SECRET, max_concurrency="many"),  # type: ignore[arg-type]
+    lambda: StorageLocalConfig(signing_key=_SECRET, root_dir=3.5),  # type: ignore[arg-type]
+    lambda: StorageLocalConfig(signing_key=_SECRET, colour="blue"),  # type: ignore[call-arg]
+    lambda: StorageAzureConfig(container="c", account_name="acct", account_key=_SECRET,  # type: ignore[arg-type]
+                               timeout="x"),  # type: ignore[arg-type]
+    lambda: StorageAzureConfig(container=7, connection_string=_SECRET),  # type: ignore[arg-type]
+    lambda: NamedStorageConfig(name="n", driver="s3", s3={  # type: ignore[arg-type]
+        "bucket": "b", "access_key": "AKIA", "secret_key": _SECRET, "max_attempts": "x"}),
+    lambda: StorageConfig(drivers={"s3": {"bucket": "b", "access_key": "AKIA",  # type: ignore[dict-item]
+                                          "secret_key": _SECRET, "max_attempts": "x"}}),
+    lambda: StorageConfig(backends=[{"name": "n", "driver": "local",  # type: ignore[list-item]
+                                     "local": {"signing_key": _SECRET, "bad": 1}}]),
+], ids=["s3-secret", "s3-session-token", "r2", "local", "local-extra", "azure-key",
+        "azure-connection-string", "named", "storage-config", "storage-config-backends"])
+def test_validation_errors_never_print_secrets(build: Any) -> None:
+    with pytest.raises(ValidationError) as exc:
+        build()
+    _secret_free(exc.value)
+    assert "input_value" not in str(exc.value)
+
+
+@pytest.mark.parametrize(("driver", "bad"), [
+    ("S3", {"MAX_ATTEMPTS": "x"}),  # a bad field value
+    ("S3", {"ACCESS_KEY": ""}),  # a rule over the block (access and secret key together)
+    ("R2", {}),  # R2 without endpoint_url or account_id
+])
+def test_env_validation_errors_never_print_secrets(monkeypatch: pytest.MonkeyPatch, driver: str,
+                                                   bad: dict[str, str]) -> None:
+    _secret_env(monkeypatch, driver, bad)
+    with pytest.raises(ValidationError) as exc:
+        StorageConfig()
+    _secret_free(exc.value)
+
+
+def _secret_env(monkeypatch: pytest.MonkeyPatch, driver: str, bad: dict[str, str]) -> None:
+    monkeypatch.setenv("LEX_STORAGE__DEFAULT_DRIVER", driver.lower())
+    values = {"BUCKET": "b", "ACCESS_KEY": "AKIA", "SECRET_KEY": _SECRET, **bad}
+    for name, value in values.items():
+        if value:
+            monkeypatch.setenv(f"LEX_STORAGE__DRIVERS__{driver}__{name}", value)
+
+
+@pytest.mark.parametrize(("driver", "bad"), [("S3", {"MAX_ATTEMPTS": "x"}), ("S3", {"ACCESS_KEY": ""}),
+                                             ("R2", {})])
+async def test_provider_config_errors_never_print_secrets(monkeypatch: pytest.MonkeyPatch,
+                                                          tmp_path: Any, driver: str,
+                                                          bad: dict[str, str]) -> None:
+    """The provider's path: the application's storage section with LEX_STORAGE__* overrides."""
+    from lexigram import Application
+    from lexigram.di.module import Module, module
+
+    from lexigram_storage import StorageConfigurationError, StorageModule
+
+    monkeypatch.chdir(tmp_path)
+    _secret_env(monkeypatch, driver, bad)
+
+    @module(imports=[StorageModule.configure()])
+    class AppModule(Module):
+        pass
+
+    app = Application(name="secret-test")
+    app.add_module(AppModule)
+    try:
+        with pytest.raises(StorageConfigurationError) as exc:
+            await app.start()
+    finally:
+        await app.stop()
+    assert "invalid 'storage' configuration" in exc.value.message
+    _secret_free(exc.value)

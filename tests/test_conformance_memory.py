@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import pytest
+import pytest_asyncio
 from lexigram.testing import BlobStoreCompliance
 
 from lexigram_storage import MemoryDriver
@@ -12,7 +12,7 @@ from lexigram_storage.testing import DriverConformance
 
 
 class TestMemoryConformance(DriverConformance):
-    @pytest.fixture
+    @pytest_asyncio.fixture
     async def store(self) -> AsyncIterator[MemoryDriver]:
         async with MemoryDriver(name="mem-conformance") as driver:
             yield driver

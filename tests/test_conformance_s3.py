@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import pytest
+import pytest_asyncio
 
 from lexigram_storage.drivers.s3 import R2Driver, S3Driver
 from lexigram_storage.testing import DriverConformance
@@ -12,20 +12,23 @@ from tests.emulators import S3Settings, create_bucket
 
 
 class TestS3Conformance(DriverConformance):
-    @pytest.fixture
+    # a small multipart threshold: "large" uploads (and the 3 MiB stream test) go multipart
+    large_payload_size = 2 * 1024 * 1024 + 7
+
+    @pytest_asyncio.fixture
     async def store(self, s3_server: S3Settings, unique_name: str) -> AsyncIterator[S3Driver]:
         await create_bucket(s3_server, unique_name)
         async with S3Driver(
             unique_name, region="us-east-1", access_key=s3_server.access_key,
             secret_key=s3_server.secret_key, endpoint_url=s3_server.endpoint_url,
             addressing_style="path", connect_timeout=2, read_timeout=10, max_attempts=2,
-            name="s3-conformance",
+            multipart_threshold=1024 * 1024, name="s3-conformance",
         ) as driver:
             yield driver
 
 
 class TestR2Conformance(DriverConformance):
-    @pytest.fixture
+    @pytest_asyncio.fixture
     async def store(self, s3_server: S3Settings, unique_name: str) -> AsyncIterator[R2Driver]:
         # moto needs a us-east-1 client (or LocationConstraint "auto") to create the bucket
         await create_bucket(s3_server, unique_name)

@@ -102,7 +102,7 @@ def test_upload_request_merging() -> None:
     assert UploadRequest.build("k.txt", None, {}, backend="t").content_type == "text/plain"
     with pytest.raises(TypeError, match="content_type must be a str"):
         UploadRequest.build("k", 42, {}, backend="t")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="metadata key"):
+    with pytest.raises(ValueError, match="not a valid metadata name"):
         UploadRequest.build("k", None, {"metadata": {"bad key!": "v"}}, backend="t")
     with pytest.raises(ValueError, match="checksum algorithm"):
         UploadRequest.build("k", None, {"checksum": "crc99:00"}, backend="t")
@@ -133,6 +133,9 @@ CODES: dict[type[Any], str] = {
     errors.StorageUnavailableError: "LEX_ERR_STORE_010",
     errors.StorageConfigurationError: "LEX_ERR_STORE_012",
     errors.StorageBootError: "LEX_ERR_STORE_013",
+    errors.InvalidUploadOptionError: "LEX_ERR_STORE_014",
+    errors.StorageRequestRejectedError: "LEX_ERR_STORE_015",
+    errors.InvalidPayloadError: "LEX_ERR_STORE_016",
 }
 
 

@@ -22,12 +22,15 @@ from lexigram_storage.config import EncryptionConfig
 from lexigram_storage.drivers.s3 import DIGEST_METADATA_KEY, MiB, R2Driver, S3Driver
 from lexigram_storage.errors import (
     ChecksumMismatchError,
+    InvalidUploadOptionError,
     PreconditionFailedError,
     StorageBucketNotFoundError,
     StorageConfigurationError,
     StorageFileNotFoundError,
+    StorageRequestRejectedError,
     StorageUnavailableError,
 )
+from lexigram_storage.payload import Payload, UploadRequest
 from tests.emulators import S3Settings, create_bucket
 
 
@@ -512,8 +515,12 @@ async def test_digest_entries_are_hidden_from_user_metadata(store: S3Driver, s3_
     """Our entry cannot be spoofed through user metadata, and the MD5 entry that earlier
     versions wrote is hidden too (such objects report S3's own ETag)."""
     raw = b"old object"
-    info = await store.upload("meta/spoof.txt", raw, metadata={DIGEST_METADATA_KEY: "f" * 64})
-    assert info.etag == sha256(raw) and info.metadata == {}
+    for name in (DIGEST_METADATA_KEY, "lexigram_sha256", "Lexigram_SHA256"):
+        with pytest.raises(InvalidUploadOptionError, match=r"reserved|not a valid metadata name"):
+            await store.upload("meta/spoof.txt", raw, metadata={name: "f" * 64})
+    assert not await store.exists("meta/spoof.txt")
+    info = await store.upload("meta/spoof.txt", raw, metadata={"sha256": "f" * 64})
+    assert info.etag == sha256(raw) and info.metadata == {"sha256": "f" * 64}
     assert (await store.info("meta/spoof.txt")).etag == sha256(raw)
     await s3_client.put_object(Bucket=s3_bucket, Key="meta/legacy.txt", Body=raw,
                                Metadata={"lexigram-md5": s3_md5_etag(raw), "owner": "me"})
@@ -612,3 +619,68 @@ async def test_presigned_put_signs_the_encryption_headers(
         assert head.get("SSEKMSKeyId") == headers.get(
             "x-amz-server-side-encryption-aws-kms-key-id")
         assert await driver.download("p/enc.txt") == b"secret"
+
+
+# ---------------------------------------------------------------- 4xx answers are not outages
+
+
+async def test_server_4xx_is_a_rejected_request_not_an_outage(store: S3Driver) -> None:
+    """A request the server refuses with a 400 is a StorageRequestRejectedError: the backend
+    was reachable, so never a StorageUnavailableError. moto answers a CopyObject of an object
+    onto itself without new metadata with 400 InvalidRequest (as S3 does); ``copy()`` never
+    sends that request, so call the driver primitive."""
+    await store.upload("rej/a.txt", b"x")
+    with pytest.raises(StorageRequestRejectedError) as exc:
+        await store._copy("rej/a.txt", "rej/a.txt")
+    err = exc.value
+    assert not isinstance(err, StorageUnavailableError)
+    assert err.code == "LEX_ERR_STORE_015"
+    assert err.details["status"] == 400
+    assert err.details["error_code"] == "InvalidRequest"
+    assert store.name in err.message and "rej/a.txt" in err.message
+    assert err.__cause__ is not None
+
+
+@pytest.mark.parametrize(("case", "request_options"), [
+    ("crlf-metadata", {"metadata": {"a": "x\r\nX-Injected: 1"}}),
+    ("crlf-content-type", {"content_type": "text/plain\r\nX-Injected: 1"}),
+    ("crlf-cache-control", {"cache_control": "no-cache\nX-Injected: 1"}),
+    ("non-ascii-metadata", {"metadata": {"a": "Zürich"}}),
+])
+async def test_requests_refused_before_sending_are_not_outages(
+        store: S3Driver, case: str, request_options: dict[str, Any]) -> None:
+    """Past our validation (a driver primitive called directly), a request the SDK or the HTTP
+    client refuses to send is a rejected request, not unavailability (CR/LF used to be)."""
+    request = UploadRequest(content_type=request_options.get("content_type", "text/plain"),
+                            metadata=request_options.get("metadata", {}),
+                            cache_control=request_options.get("cache_control"))
+    payload = Payload(b"data", request, backend=store.name, key="rej/b.txt")
+    with pytest.raises(Exception) as exc:
+        await store._write("rej/b.txt", payload)
+    mapped = store._translate(exc.value, "rej/b.txt")
+    assert isinstance(mapped, StorageRequestRejectedError), repr(mapped)
+    assert not await store.exists("rej/b.txt")
+
+
+async def test_cancelled_multipart_uploads_leave_no_orphans(
+        s3_server: S3Settings, s3_client: Any, s3_bucket: str) -> None:
+    """Cancelled at random moments (while CreateMultipartUpload, a part or the completion is in
+    flight), a multipart upload either completes or is aborted: none is left behind."""
+    import random
+
+    rng = random.Random(8)
+    raw = os.urandom(MiB + MiB // 2)
+    async with make_driver(s3_server, s3_bucket, multipart_threshold=MiB) as driver:
+        outcomes = []
+        for i in range(16):
+            task = asyncio.ensure_future(driver.upload(f"orph/{i}.bin", raw))
+            await asyncio.sleep(rng.uniform(0, 0.03))
+            task.cancel()
+            try:
+                await task
+                outcomes.append("stored")
+            except asyncio.CancelledError:
+                outcomes.append("cancelled")
+                assert not await driver.exists(f"orph/{i}.bin")
+            assert await uploads_in_progress(s3_client, s3_bucket) == [], f"round {i}"
+        assert "cancelled" in outcomes

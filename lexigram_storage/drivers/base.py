@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, TypeVar
 from urllib.parse import quote
 
 from lexigram.contracts.core.health import HealthCheckResult, HealthStatus
@@ -30,16 +31,57 @@ from lexigram_storage.errors import (
 from lexigram_storage.events import NO_EVENTS, StorageEvents
 from lexigram_storage.keys import validate_key, validate_prefix
 from lexigram_storage.models import DirListing, ObjectInfo
-from lexigram_storage.payload import Payload, UploadPolicy, UploadRequest, guess_content_type
+from lexigram_storage.payload import (
+    Payload,
+    UploadPolicy,
+    UploadRequest,
+    check_content_type,
+    guess_content_type,
+)
 
 if TYPE_CHECKING:
     from lexigram_storage.config import NamedStorageConfig
     from lexigram_storage.registry import DriverContext
 
-__all__ = ["MAX_PRESIGN_EXPIRY", "BaseDriver", "create_only_conflict"]
+__all__ = ["MAX_PRESIGN_EXPIRY", "MIN_PRESIGN_EXPIRY", "BaseDriver", "await_to_end",
+           "create_only_conflict"]
 
+MIN_PRESIGN_EXPIRY = timedelta(seconds=1)
 MAX_PRESIGN_EXPIRY = timedelta(days=7)
 _BATCH = 1000
+_T = TypeVar("_T")
+
+
+async def await_to_end(work: Awaitable[_T]) -> _T:
+    """Await *work* to its end even if the calling task is cancelled meanwhile.
+
+    For the commit step of a write (and what must follow it: the event of a stored object),
+    after which a cancellation may no longer interrupt the call (the cancellation guarantee).
+    Cancellations of the caller while *work* runs are ignored and consumed, so the caller gets
+    *work*'s result (or its exception) as if no cancellation had come: it then returns normally,
+    and ``asyncio.timeout`` simply exits without ``TimeoutError`` because the work finished.
+
+    *work* is driven step by step in the caller's task, as the task itself would drive it, but
+    each future it waits for is awaited through ``asyncio.shield``: no extra task, and no extra
+    loop turn when *work* finishes without waiting (the common case of queuing an event). A
+    cancellation of a future *work* waits for (not of the caller) still reaches *work*."""
+    steps = work.__await__()
+    while True:
+        try:
+            waiting = steps.send(None)
+        except StopIteration as finished:
+            result: _T = finished.value
+            return result
+        if waiting is None:  # a bare yield (asyncio.sleep(0)): one turn of the loop
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(0)
+            continue
+        if not asyncio.isfuture(waiting):
+            raise RuntimeError(f"await_to_end: {work!r} yielded {waiting!r}, not a future")
+        waiting._asyncio_future_blocking = False  # taken over, as a task does
+        while not waiting.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(waiting)
 
 
 class BaseDriver:
@@ -124,8 +166,10 @@ class BaseDriver:
         return await self._write(dst, payload)
 
     async def _move(self, src: str, dst: str) -> ObjectInfo:
+        """Copy, then delete the source; once the copy is stored the delete runs to its end
+        even if the call is cancelled (a move never ends with the object under both keys)."""
         info = await self._copy(src, dst)
-        await self._delete(src)
+        await await_to_end(self._delete(src))
         return info
 
     async def _delete_many(self, keys: Sequence[str]) -> tuple[list[str], dict[str, str]]:
@@ -242,6 +286,10 @@ class BaseDriver:
     ) -> ObjectInfo:
         """Store *data* under *path* and return its info.
 
+        Cancellation: before the driver's commit step a cancellation aborts the upload (nothing
+        stored, the previous object intact, ``CancelledError``); once the commit began it runs
+        to its end, the event is queued and the info returned (the cancellation is consumed).
+
         *data* is bytes, str (UTF-8), a binary file object (read in chunks), or an (async)
         iterator of bytes. *content_type* is a MIME type or an ``UploadOptions``; keyword
         options: ``metadata``, ``cache_control``, ``public``, ``checksum`` (``"sha256:<hex>"``,
@@ -249,8 +297,10 @@ class BaseDriver:
         a guess from the key's extension, else ``application/octet-stream``.
         """
         key = validate_key(path, self.name)
-        if not options and (content_type is None or type(content_type) is str):
-            request = UploadRequest(content_type or guess_content_type(key))  # the common case
+        if not options and (content_type is None or type(content_type) is str):  # the common case
+            request = UploadRequest(
+                check_content_type(content_type, backend=self.name, key=key) if content_type
+                else guess_content_type(key))
         else:
             request = UploadRequest.build(key, content_type, options, backend=self.name,
                                           extra_allowed=self.extra_upload_options)
@@ -262,7 +312,7 @@ class BaseDriver:
         except Exception as exc:
             self._fail(exc, key)
         if self.events.active:
-            await self.events.uploaded(self.name, self.bucket, info)
+            await await_to_end(self.events.uploaded(self.name, self.bucket, info))
         return info
 
     async def copy(self, src: str, dst: str) -> ObjectInfo:
@@ -279,7 +329,7 @@ class BaseDriver:
         except Exception as exc:
             self._fail(exc, src_key)
         if self.events.active:
-            await self.events.uploaded(self.name, self.bucket, info)
+            await await_to_end(self.events.uploaded(self.name, self.bucket, info))
         return info
 
     async def move(self, src: str, dst: str) -> ObjectInfo:
@@ -295,9 +345,12 @@ class BaseDriver:
         except Exception as exc:
             self._fail(exc, src_key)
         if self.events.active:
-            await self.events.uploaded(self.name, self.bucket, info)
-            await self.events.deleted(self.name, self.bucket, src_key)
+            await await_to_end(self._moved_events(info, src_key))
         return info
+
+    async def _moved_events(self, info: ObjectInfo, src_key: str) -> None:
+        await self.events.uploaded(self.name, self.bucket, info)
+        await self.events.deleted(self.name, self.bucket, src_key)
 
     async def copy_batch(self, operations: Iterable[tuple[str, str]]) -> list[str]:
         """Copy each ``(src, dst)`` pair in order; return the destination keys. All keys are
@@ -492,7 +545,7 @@ class BaseDriver:
         key = validate_key(path, self.name)
         if not isinstance(expires_in, timedelta):
             expires_in = timedelta(seconds=expires_in)
-        if expires_in <= timedelta(0) or expires_in > MAX_PRESIGN_EXPIRY:
+        if expires_in < MIN_PRESIGN_EXPIRY or expires_in > MAX_PRESIGN_EXPIRY:
             raise ValueError(f"{self.name}: expires_in must be between 1 second and 7 days")
         verb = method.upper()
         if verb not in ("GET", "PUT"):

@@ -38,13 +38,14 @@ from lexigram.contracts.infra.storage import StorageError
 from pydantic import SecretStr
 
 from lexigram_storage.config import EncryptionConfig, NamedStorageConfig, StorageS3Config
-from lexigram_storage.drivers.base import BaseDriver, create_only_conflict
+from lexigram_storage.drivers.base import BaseDriver, await_to_end, create_only_conflict
 from lexigram_storage.errors import (
     PreconditionFailedError,
     StorageBucketNotFoundError,
     StorageConfigurationError,
     StorageFileNotFoundError,
     StoragePermissionError,
+    StorageRequestRejectedError,
     StorageUnavailableError,
     unsupported,
 )
@@ -72,6 +73,8 @@ GiB = 1024 * MiB
 MIN_PART_SIZE = 5 * MiB
 MAX_PART_SIZE = 5 * GiB
 MAX_PARTS = 10_000
+#: S3's object size limit (5 TiB): ranges are clamped to it
+MAX_OBJECT_SIZE = 5 * 1024 * GiB
 #: the user-metadata entry holding the hex SHA-256 of the content (x-amz-meta-lexigram-sha256)
 DIGEST_METADATA_KEY = "lexigram-sha256"
 #: the entry written by earlier versions (hex MD5): hidden from the user metadata too
@@ -82,8 +85,9 @@ _NO_BUCKET = frozenset({"NoSuchBucket"})
 _DENIED = frozenset({"AccessDenied", "403", "Forbidden", "InvalidAccessKeyId",
                      "SignatureDoesNotMatch", "AllAccessDisabled", "AccountProblem",
                      "InvalidToken", "ExpiredToken"})
+# transient answers (some S3-compatible stores send them with a 400 or without a status)
 _UNAVAILABLE = frozenset({"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout",
-                          "Throttling", "ThrottlingException", "RequestTimeTooSkewed",
+                          "Throttling", "ThrottlingException", "TooManyRequests",
                           "500", "502", "503", "504"})
 _PRESIGN_GET_OPTIONS = {
     "response_content_disposition": "ResponseContentDisposition",
@@ -93,6 +97,72 @@ _PRESIGN_GET_OPTIONS = {
 _PRESIGN_PUT_OPTIONS = {"content_type": "ContentType"}
 _SSE_HEADERS = {"ServerSideEncryption": "x-amz-server-side-encryption",
                 "SSEKMSKeyId": "x-amz-server-side-encryption-aws-kms-key-id"}
+
+
+def map_s3_error(exc: BaseException, backend: str, bucket: str, key: str | None, *,
+                 bucket_request: bool = False) -> StorageError | None:
+    """The one translation of S3 and HTTP-client errors (``None``: not an S3 error).
+
+    ============================================  =====================================
+    server answer / client failure                error
+    ============================================  =====================================
+    ``NoSuchBucket``; 404 to a bucket request     ``StorageBucketNotFoundError``
+    404, ``NoSuchKey``                            ``StorageFileNotFoundError``
+    403, ``AccessDenied``, bad or expired keys    ``StoragePermissionError``
+    412, ``PreconditionFailed``                   ``PreconditionFailedError``
+    5xx, 429, ``SlowDown``, ``RequestTimeout``,   ``StorageUnavailableError``
+    throttling; connection refused/reset/closed,
+    connect and read timeouts
+    any other 4xx (``InvalidArgument``,           ``StorageRequestRejectedError``
+    ``MetadataTooLarge``, ``InvalidRequest``...);
+    a request the SDK or HTTP client refuses to
+    send (parameter validation, header injection)
+    ============================================  =====================================
+    """
+    if isinstance(exc, boto_exc.ClientError):
+        code = _code(exc)
+        status = _status(exc)
+        message = str(exc.response.get("Error", {}).get("Message") or code or status)
+        text = f"{code or status}: {message}"
+        details = {"status": status, "error_code": code}
+        if code in _NO_BUCKET or (bucket_request and (code in _NOT_FOUND or status == 404)):
+            return StorageBucketNotFoundError(f"bucket {bucket!r} does not exist",
+                                              backend=backend, key=key, details=details, cause=exc)
+        if code in _NOT_FOUND or status == 404:
+            return StorageFileNotFoundError(backend=backend, key=key, details=details, cause=exc)
+        if code in _DENIED or status == 403:
+            return StoragePermissionError(text, backend=backend, key=key, details=details,
+                                          cause=exc)
+        if code == "PreconditionFailed" or status == 412:
+            return PreconditionFailedError(text, backend=backend, key=key, details=details,
+                                           cause=exc)
+        if code in _UNAVAILABLE or status >= 500 or status == 429:
+            return StorageUnavailableError(text, backend=backend, key=key, details=details,
+                                           cause=exc)
+        return StorageRequestRejectedError(text, backend=backend, key=key, details=details,
+                                           cause=exc)
+    if isinstance(exc, boto_exc.NoCredentialsError | boto_exc.PartialCredentialsError):
+        return StoragePermissionError(
+            f"no usable AWS credentials: {exc}", backend=backend, key=key, cause=exc,
+            hint="Set access_key/secret_key or configure the AWS credential chain.")
+    if isinstance(exc, boto_exc.ParamValidationError):
+        return StorageRequestRejectedError(f"the S3 client refused the request: {exc}",
+                                           backend=backend, key=key, cause=exc)
+    if type(exc) is boto_exc.HTTPClientError:  # its subclasses are timeouts and closed connections
+        # botocore wraps whatever the HTTP client raised: an outage only when that was one
+        inner = getattr(exc, "kwargs", {}).get("error")
+        if isinstance(inner, ValueError):  # e.g. aiohttp refusing a header with CR/LF
+            return StorageRequestRejectedError(f"the HTTP client refused the request: {inner}",
+                                               backend=backend, key=key, cause=exc)
+        if not isinstance(inner, OSError | TimeoutError | aiohttp.ClientConnectionError
+                          | aiohttp.ClientPayloadError):
+            return None  # a generic StorageError: something failed, but not the connection
+    if isinstance(exc, boto_exc.ConnectionError | boto_exc.HTTPClientError
+                  | aiohttp.ClientConnectionError | aiohttp.ClientPayloadError
+                  | TimeoutError | ConnectionError):
+        return StorageUnavailableError(f"{type(exc).__name__}: {exc}", backend=backend,
+                                       key=key, cause=exc)
+    return None
 
 
 def _code(exc: BaseException) -> str:
@@ -347,34 +417,7 @@ class S3Driver(BaseDriver):
     # ------------------------------------------------------------------ errors
 
     def _map_error(self, exc: BaseException, key: str | None) -> StorageError | None:
-        code = _code(exc)
-        status = _status(exc)
-        if isinstance(exc, boto_exc.ClientError):
-            message = str(exc.response.get("Error", {}).get("Message") or code)
-            if code in _NO_BUCKET:
-                return StorageBucketNotFoundError(f"bucket {self._bucket!r} does not exist",
-                                                  backend=self.name, key=key, cause=exc)
-            if code in _NOT_FOUND or status == 404:
-                return StorageFileNotFoundError(backend=self.name, key=key, cause=exc)
-            if code in _DENIED or status == 403:
-                return StoragePermissionError(f"{code}: {message}", backend=self.name, key=key,
-                                              cause=exc)
-            if code in ("PreconditionFailed", "412") or status == 412:
-                return PreconditionFailedError(f"{code}: {message}", backend=self.name, key=key,
-                                               cause=exc)
-            if code in _UNAVAILABLE or status >= 500:
-                return StorageUnavailableError(f"{code}: {message}", backend=self.name, key=key,
-                                               cause=exc)
-            return None
-        if isinstance(exc, boto_exc.NoCredentialsError | boto_exc.PartialCredentialsError):
-            return StoragePermissionError(
-                f"no usable AWS credentials: {exc}", backend=self.name, key=key, cause=exc,
-                hint="Set access_key/secret_key or configure the AWS credential chain.")
-        if isinstance(exc, boto_exc.ConnectionError | boto_exc.HTTPClientError
-                      | aiohttp.ClientError | TimeoutError | ConnectionError):
-            return StorageUnavailableError(f"{type(exc).__name__}: {exc}", backend=self.name,
-                                           key=key, cause=exc)
-        return None
+        return map_s3_error(exc, self.name, self._bucket, key)
 
     def _error(self, exc: BaseException, key: str | None) -> StorageError:
         mapped = self._translate(exc, key)
@@ -482,7 +525,10 @@ class S3Driver(BaseDriver):
         if payload.request.create_only:
             params["IfNoneMatch"] = "*"
         try:
-            response = await client.put_object(Bucket=self._bucket, Key=key, Body=body, **params)
+            # the commit: once the request is sent the server may store the object, so the
+            # call waits for the answer even if cancelled (the cancellation guarantee)
+            response = await await_to_end(
+                client.put_object(Bucket=self._bucket, Key=key, Body=body, **params))
         except boto_exc.ClientError as exc:
             if payload.request.create_only and (_code(exc) in ("PreconditionFailed", "412")
                                                 or _status(exc) == 412):
@@ -520,10 +566,9 @@ class S3Driver(BaseDriver):
                          digest: str | None = None) -> ObjectInfo:
         params = self._write_params(payload, digest)
         try:
-            created = await client.create_multipart_upload(Bucket=self._bucket, Key=key, **params)
+            upload_id = await self._create_multipart(client, key, params)
         except Exception as exc:
             raise self._error(exc, key) from exc
-        upload_id = created["UploadId"]
         parts: dict[int, str] = {}
         in_flight: set[asyncio.Task[None]] = set()
         hint = payload.size_hint
@@ -585,12 +630,13 @@ class S3Driver(BaseDriver):
             if in_flight:
                 await asyncio.gather(*in_flight)
                 in_flight.clear()
-            completed = await client.complete_multipart_upload(
+            # the commit: runs to its end even if the call is cancelled meanwhile
+            completed = await await_to_end(client.complete_multipart_upload(
                 Bucket=self._bucket, Key=key, UploadId=upload_id,
                 MultipartUpload={"Parts": [{"PartNumber": n, "ETag": parts[n]}
                                            for n in sorted(parts)]},
                 **({"IfNoneMatch": "*"} if payload.request.create_only else {}),
-            )
+            ))
         except BaseException as exc:
             for task in in_flight:
                 task.cancel()
@@ -607,9 +653,25 @@ class S3Driver(BaseDriver):
         if digest != payload.etag:
             # The digest is known only now (a stream, or a file that changed while it was read):
             # record it with a server-side copy onto itself, guarded so a concurrent writer's
-            # object is never touched.
-            await self._record_digest(client, key, payload, str(completed.get("ETag", "")))
+            # object is never touched. The object is stored: this runs to its end too.
+            await await_to_end(
+                self._record_digest(client, key, payload, str(completed.get("ETag", ""))))
         return self._written_info(key, payload, {})
+
+    async def _create_multipart(self, client: Any, key: str, params: dict[str, Any]) -> str:
+        """CreateMultipartUpload; return the upload id. A cancellation while the request is in
+        flight waits for its answer and aborts the upload it created (the server may have
+        created it), so no orphaned upload is left; then ``CancelledError`` propagates."""
+        create = asyncio.ensure_future(
+            client.create_multipart_upload(Bucket=self._bucket, Key=key, **params))
+        try:
+            created = await asyncio.shield(create)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                orphan = await await_to_end(create)
+                await self._abort(client, key, str(orphan["UploadId"]))
+            raise
+        return str(created["UploadId"])
 
     async def _abort(self, client: Any, key: str, upload_id: str) -> None:
         """Abort a multipart upload, even while the caller is being cancelled.
@@ -658,8 +720,9 @@ class S3Driver(BaseDriver):
                 params: dict[str, Any] = {"MetadataDirective": "REPLACE", **replace}
             else:
                 params = {"MetadataDirective": "COPY", **self._sse}
-            response: dict[str, Any] = await client.copy_object(
-                Bucket=self._bucket, Key=dst, CopySource=source, **params, **guard)
+            # the commit of a copy: runs to its end even if the call is cancelled meanwhile
+            response: dict[str, Any] = await await_to_end(client.copy_object(
+                Bucket=self._bucket, Key=dst, CopySource=source, **params, **guard))
             return response
         if replace is None:
             head = await client.head_object(Bucket=self._bucket, Key=src)
@@ -667,8 +730,7 @@ class S3Driver(BaseDriver):
                        "Metadata": dict(head.get("Metadata") or {}), **self._sse}
             if head.get("CacheControl"):
                 replace["CacheControl"] = head["CacheControl"]
-        created = await client.create_multipart_upload(Bucket=self._bucket, Key=dst, **replace)
-        upload_id = created["UploadId"]
+        upload_id = await self._create_multipart(client, dst, replace)
         part = max(self.copy_part_size, math.ceil(size / (MAX_PARTS - 1)), MIN_PART_SIZE)
         ranges = [(i // part + 1, i, min(i + part, size) - 1) for i in range(0, size, part)]
         limit = asyncio.Semaphore(self.max_concurrency)
@@ -684,10 +746,10 @@ class S3Driver(BaseDriver):
         tasks = [asyncio.ensure_future(copy_part(*r)) for r in ranges]
         try:
             await asyncio.gather(*tasks)
-            return dict(await client.complete_multipart_upload(
+            return dict(await await_to_end(client.complete_multipart_upload(
                 Bucket=self._bucket, Key=dst, UploadId=upload_id,
                 MultipartUpload={"Parts": [{"PartNumber": n, "ETag": etags[n]}
-                                           for n in sorted(etags)]}))
+                                           for n in sorted(etags)]})))
         except BaseException:
             for task in tasks:
                 task.cancel()
@@ -700,7 +762,9 @@ class S3Driver(BaseDriver):
     async def _read(self, key: str, offset: int, length: int | None, chunk_size: int
                     ) -> AsyncIterator[bytes]:
         client = await self._get_client()
-        if length == 0:
+        if length is not None and offset + length > MAX_OBJECT_SIZE:
+            length = None  # to the end: no object is bigger (and servers reject huge ranges)
+        if length == 0 or offset >= MAX_OBJECT_SIZE:
             if await self._head(key) is None:
                 raise StorageFileNotFoundError(backend=self.name, key=key)
             return
@@ -915,11 +979,9 @@ class S3Driver(BaseDriver):
         client = await self._get_client()
         try:
             await client.head_bucket(Bucket=self._bucket)
-        except boto_exc.ClientError as exc:
-            if _status(exc) == 404 or _code(exc) in ("404", "NoSuchBucket", "NotFound"):
-                raise StorageBucketNotFoundError(f"bucket {self._bucket!r} does not exist",
-                                                 backend=self.name, cause=exc) from exc
-            raise self._error(exc, None) from exc
+        except Exception as exc:
+            mapped = map_s3_error(exc, self.name, self._bucket, None, bucket_request=True)
+            raise (mapped or self._error(exc, None)) from exc
         return {"endpoint": self.endpoint_url or "aws", "region": self.region}
 
 

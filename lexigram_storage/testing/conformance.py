@@ -3,19 +3,25 @@
 Subclass :class:`DriverConformance` in a pytest module and provide an async ``store`` fixture
 that yields a prepared, empty driver (a ``BaseDriver``)::
 
+    import pytest_asyncio
+
     class TestMyDriver(DriverConformance):
-        @pytest.fixture
+        @pytest_asyncio.fixture
         async def store(self, tmp_path):
             async with MyDriver(...) as driver:
                 yield driver
 
-Requires pytest with pytest-asyncio (``asyncio_mode = "auto"``). Event tests use the real
-lexigram-events bus and are skipped when it is not installed.
+Requires pytest with pytest-asyncio; works in its default strict mode (every test carries the
+``asyncio`` mark and the suite's own async fixtures are ``pytest_asyncio`` fixtures) and in auto
+mode. ``large_payload_size`` (a class attribute) is the size of the "large" uploads of the
+cancellation test: set it above the driver's multipart or staging threshold. Event tests use the
+real lexigram-events bus and are skipped when it is not installed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import io
 import os
@@ -26,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_asyncio
 from lexigram.contracts.core.health import HealthStatus
 from lexigram.contracts.infra.storage import (
     BlobStoreProtocol,
@@ -40,6 +47,8 @@ from lexigram_storage.drivers.base import BaseDriver
 from lexigram_storage.errors import (
     ChecksumMismatchError,
     InvalidPathError,
+    InvalidPayloadError,
+    InvalidUploadOptionError,
     PreconditionFailedError,
     QuotaExceededError,
     StorageFileNotFoundError,
@@ -54,12 +63,12 @@ from lexigram_storage.events import (
     ObjectStoredHook,
     StorageEvents,
 )
-from lexigram_storage.payload import UploadPolicy
+from lexigram_storage.payload import MAX_HEADER_VALUE_CHARS, MAX_METADATA_BYTES, UploadPolicy
 
 __all__ = ["BAD_KEYS", "DriverConformance"]
 
 BAD_KEYS = ["", "/abs", "a/../b", "../x", "./a", "a/./b", "a//b", "a/", "a\\b", "a\x00b",
-            "tab\there", "x" * 1025, "é" * 513]
+            "tab\there", "x" * 1025, "é" * 513, "a\ud800b", "\udfff"]
 
 
 def etag_of(data: bytes) -> str:
@@ -91,12 +100,58 @@ class _Recorder:
         return [e for e in self.received if isinstance(e, event_type)]
 
 
+# Upload options the metadata and header rule refuses (payload.py), on every driver.
+_PRINTABLE = "".join(chr(c) for c in range(0x21, 0x7F))
+BAD_UPLOAD_OPTIONS: list[tuple[str, dict[str, Any]]] = [
+    ("name-hyphen", {"metadata": {"trace-id": "7"}}),
+    ("name-digit-first", {"metadata": {"1st": "x"}}),
+    ("name-empty", {"metadata": {"": "x"}}),
+    ("name-space", {"metadata": {"a b": "x"}}),
+    ("name-non-ascii", {"metadata": {"naïve": "x"}}),
+    ("name-reserved", {"metadata": {"lexigram_sha256": "0" * 64}}),
+    ("name-case-duplicate", {"metadata": {"Owner": "a", "owner": "b"}}),
+    ("name-not-str", {"metadata": {1: "x"}}),
+    ("value-non-ascii", {"metadata": {"city": "Zürich"}}),
+    ("value-crlf", {"metadata": {"a": "x\r\nX-Injected: 1"}}),
+    ("value-lf", {"metadata": {"a": "x\ny"}}),
+    ("value-tab", {"metadata": {"a": "x\ty"}}),
+    ("value-nul", {"metadata": {"a": "x\x00y"}}),
+    ("value-del", {"metadata": {"a": "x\x7fy"}}),
+    ("value-leading-space", {"metadata": {"a": " x"}}),
+    ("value-trailing-space", {"metadata": {"a": "x "}}),
+    ("value-empty", {"metadata": {"a": ""}}),
+    ("value-none", {"metadata": {"a": None}}),
+    ("value-too-long", {"metadata": {"a": "x" * (MAX_HEADER_VALUE_CHARS + 1)}}),
+    ("metadata-10kb", {"metadata": {f"k{i}": "x" * 1000 for i in range(10)}}),
+    ("metadata-total-plus-one", {"metadata": {"a": "x" * 1000,
+                                              "b": "y" * (MAX_METADATA_BYTES - 1000 - 1)}}),
+    ("content-type-crlf", {"content_type": "text/plain\r\nX-Injected: 1"}),
+    ("content-type-non-ascii", {"content_type": "text/plàin"}),
+    ("content-type-padded", {"content_type": " text/plain"}),
+    ("content-type-too-long", {"content_type": "a/" + "b" * (MAX_HEADER_VALUE_CHARS - 1)}),
+    ("cache-control-crlf", {"cache_control": "no-cache\r\nX-Injected: 1"}),
+    ("cache-control-non-ascii", {"cache_control": "max-age=60, ünïcode"}),
+    ("cache-control-padded", {"cache_control": "max-age=60 "}),
+    ("cache-control-too-long", {"cache_control": "x" * (MAX_HEADER_VALUE_CHARS + 1)}),
+    ("options-metadata", {"options": UploadOptions(metadata={"a": "x\ny"})}),
+    ("options-content-type", {"options": UploadOptions(content_type="text/plain\n")}),
+    ("options-cache-control", {"options": UploadOptions(cache_control="\x01")}),
+    ("positional-content-type", {"positional": "image/png\r\n"}),
+]
+
+
 class DriverConformance:
     """Behaviour every driver must have. Provide the ``store`` fixture in a subclass."""
 
+    pytestmark = [pytest.mark.asyncio]  # strict mode: no reliance on asyncio_mode = "auto"
+
+    #: bytes of the "large" payloads of the cancellation test (set it above the driver's
+    #: multipart or staging threshold in a subclass)
+    large_payload_size: int = 3 * 1024 * 1024 + 7
+
     # ------------------------------------------------------------ fixtures
 
-    @pytest.fixture
+    @pytest_asyncio.fixture
     async def events(self, store: BaseDriver) -> AsyncIterator[_Recorder]:
         recorder = _Recorder()
         previous = store.events
@@ -222,16 +277,16 @@ class DriverConformance:
         assert kw.content_type == "image/gif"
 
     async def test_metadata_round_trip_and_copy_semantics(self, store: BaseDriver) -> None:
-        await store.upload("m.txt", b"x", metadata={"Owner": "ann", "trace-id": "7"},
+        await store.upload("m.txt", b"x", metadata={"Owner": "ann", "trace_id": "7"},
                            cache_control="public, max-age=3600")
         info = await store.info("m.txt")
-        assert info.metadata == {"owner": "ann", "trace-id": "7"}
+        assert info.metadata == {"owner": "ann", "trace_id": "7"}
         assert getattr(info, "cache_control", None) == "public, max-age=3600"
         assert info.metadata is not None
         info.metadata["owner"] = "mallory"  # a copy: stored state must not change
-        assert (await store.info("m.txt")).metadata == {"owner": "ann", "trace-id": "7"}
+        assert (await store.info("m.txt")).metadata == {"owner": "ann", "trace_id": "7"}
         listed = [i async for i in store.list("m.")]
-        assert listed[0].metadata == {"owner": "ann", "trace-id": "7"}
+        assert listed[0].metadata == {"owner": "ann", "trace_id": "7"}
         assert listed[0].content_type == "text/plain"
 
     async def test_unknown_upload_option_is_rejected(self, store: BaseDriver) -> None:
@@ -637,3 +692,179 @@ class DriverConformance:
                              backend=store.name),
             ObjectDeletedHook(bucket=store.bucket, key="h.txt", backend=store.name),
         ]
+
+    # ------------------------------------------------------------ the metadata and header rule
+
+    @pytest.mark.parametrize(("case", "options"), BAD_UPLOAD_OPTIONS,
+                             ids=[case for case, _ in BAD_UPLOAD_OPTIONS])
+    async def test_upload_options_outside_the_rule_are_rejected(
+            self, store: BaseDriver, case: str, options: dict[str, Any]) -> None:
+        await store.upload("rule/key.bin", b"old", metadata={"kept": "yes"})
+        kwargs = dict(options)
+        positional: Any = kwargs.pop("options", None) or kwargs.pop("positional", None)
+        for key in ("rule/key.bin", "rule/new.bin"):
+            with pytest.raises(InvalidUploadOptionError) as exc:
+                if positional is None:
+                    await store.upload(key, agen([b"new"]), **kwargs)
+                else:
+                    await store.upload(key, agen([b"new"]), positional, **kwargs)
+            err = exc.value
+            assert isinstance(err, ValueError)
+            assert err.code == "LEX_ERR_STORE_014"
+            assert store.name in err.message
+            assert key in err.message
+            field = err.details["field"]
+            assert field.split("[")[0] in ("metadata", "content_type", "cache_control")
+            assert field in err.message
+        assert await store.download("rule/key.bin") == b"old"
+        assert (await store.info("rule/key.bin")).metadata == {"kept": "yes"}
+        assert not await store.exists("rule/new.bin")
+        assert [i.path async for i in store.list("rule/")] == ["rule/key.bin"]
+
+    async def test_upload_options_at_the_limits_round_trip_exactly(self, store: BaseDriver) -> None:
+        metadata = {"Mixed_Case_9": "A", "_under": _PRINTABLE[:40] + " " + _PRINTABLE[40:],
+                    "n": "x" * MAX_HEADER_VALUE_CHARS, "count": 7}
+        used = sum(len(k) + len(str(v)) for k, v in metadata.items())
+        metadata["fill"] = "f" * (MAX_METADATA_BYTES - used - len("fill"))
+        expected = {k.lower(): str(v) for k, v in metadata.items()}
+        assert sum(len(k) + len(v) for k, v in expected.items()) == MAX_METADATA_BYTES
+        content_type = "application/x-limit; q=\"a b\"; p=" + "z" * MAX_HEADER_VALUE_CHARS
+        content_type = content_type[:MAX_HEADER_VALUE_CHARS]
+        cache_control = ("public, max-age=60, " + "x" * MAX_HEADER_VALUE_CHARS)[
+            :MAX_HEADER_VALUE_CHARS]
+        data = b"limits"
+        info = await store.upload("lim/a.bin", data, content_type, metadata=metadata,
+                                  cache_control=cache_control)
+        listed = [i async for i in store.list("lim/")]
+        assert len(listed) == 1
+        for got in (info, await store.info("lim/a.bin"), listed[0],
+                    await store.copy("lim/a.bin", "lim/b.bin"), await store.info("lim/b.bin")):
+            assert got.metadata == expected
+            assert got.content_type == content_type
+            assert getattr(got, "cache_control", None) == cache_control
+        assert await store.download("lim/b.bin") == data
+        # an empty content type is guessed; an empty cache control means none
+        plain = await store.upload("lim/c.txt", b"x", "", cache_control="")
+        assert plain.content_type == "text/plain"
+        stored = await store.info("lim/c.txt")
+        assert stored.content_type == "text/plain"
+        assert getattr(stored, "cache_control", None) is None
+
+    # ------------------------------------------------------------ payload kinds
+
+    async def test_text_mode_files_are_refused(self, store: BaseDriver, tmp_path: Path) -> None:
+        path = tmp_path / "crlf.txt"
+        path.write_bytes(b"a\r\nb")
+
+        class AsyncTextFile:
+            """An async file whose read returns str: text mode."""
+
+            def __init__(self) -> None:
+                self.parts = ["a\r\n", "b"]
+
+            async def read(self, size: int = -1) -> str:
+                return self.parts.pop(0) if self.parts else ""
+
+        await store.upload("tm/key.bin", b"old")
+        makers: list[Any] = [lambda: path.open("r"), lambda: path.open("r", newline=""),
+                             lambda: io.StringIO("a\r\nb"), AsyncTextFile]
+        for make in makers:
+            source = make()
+            try:
+                for key in ("tm/key.bin", "tm/new.bin"):
+                    with pytest.raises(TypeError, match="binary mode") as exc:
+                        await store.upload(key, source)
+                    assert isinstance(exc.value, InvalidPayloadError)
+                    assert store.name in exc.value.message
+                    assert key in exc.value.message
+            finally:
+                close = getattr(source, "close", None)
+                if close is not None:
+                    close()
+        assert await store.download("tm/key.bin") == b"old"
+        assert not await store.exists("tm/new.bin")
+        # binary files are stored byte for byte, str payloads as UTF-8
+        with path.open("rb") as binary:
+            await store.upload("tm/binary.bin", binary)
+        assert await store.download("tm/binary.bin") == b"a\r\nb"
+        await store.upload("tm/str.txt", "a\r\nb ✓")
+        assert await store.download("tm/str.txt") == "a\r\nb ✓".encode()
+
+    # ------------------------------------------------------------ presigned URL expiry
+
+    @pytest.mark.parametrize("expires_in", [0.5, timedelta(milliseconds=999), 0, -1,
+                                            timedelta(days=7, seconds=1)])
+    async def test_presigned_expiry_outside_one_second_to_seven_days(
+            self, store: BaseDriver, expires_in: Any) -> None:
+        await store.upload("pu.txt", b"x")
+        with pytest.raises(ValueError, match="between 1 second and 7 days"):
+            await store.get_presigned_url("pu.txt", expires_in)
+        for shortest in (1, timedelta(seconds=1)):
+            with contextlib.suppress(StorageUnsupportedOperationError):  # a driver without URLs
+                assert isinstance(await store.get_presigned_url("pu.txt", shortest), str)
+
+    # ------------------------------------------------------------ ranges
+
+    async def test_huge_offsets_and_lengths(self, store: BaseDriver) -> None:
+        raw = os.urandom(5000)
+        await store.upload("huge.bin", raw)
+
+        async def ranged(offset: int, length: int | None) -> bytes:
+            return b"".join([c async for c in store.stream("huge.bin", 1000, offset=offset,
+                                                           length=length)])
+
+        assert await ranged(10**20, None) == b""
+        assert await ranged(10**20, 10**20) == b""
+        assert await ranged(2**63, 1) == b""
+        assert await ranged(0, 10**20) == raw
+        assert await ranged(4990, 10**20) == raw[4990:]
+        assert await ranged(2**63 - 1, None) == b""
+        assert await ranged(1, 2**64) == raw[1:]
+        with pytest.raises(StorageFileNotFoundError):
+            _ = [c async for c in store.stream("huge-missing.bin", offset=10**20)]
+
+    # ------------------------------------------------------------ cancellation
+
+    @pytest.mark.parametrize("size", ["small", "large"])
+    async def test_cancelled_uploads_store_all_or_nothing(self, store: BaseDriver,
+                                                          events: _Recorder, size: str) -> None:
+        """The cancellation guarantee: an upload cancelled at a random moment either raised
+        ``CancelledError`` and the previous object is intact (and no event was published), or
+        it returned, the new object is stored and exactly one upload event names it."""
+        rng = random.Random(20261201)
+        small = size == "small"
+        length = 2000 if small else self.large_payload_size
+        rounds = 40 if small else 8
+        key = "cancel/key.bin"
+        current = b"old object"
+        await store.upload(key, current)
+        await store.flush_events(5)
+        outcomes = {"cancelled": 0, "stored": 0}
+        base = os.urandom(length)
+        for i in range(rounds):
+            new = i.to_bytes(4, "big") + base[4:]
+            data: Any = new if i % 2 == 0 else agen(
+                [new[j:j + 256 * 1024] for j in range(0, len(new), 256 * 1024)])
+            task = asyncio.ensure_future(store.upload(key, data))
+            if i % 3 == 0:
+                for _ in range(rng.randrange(0, 30)):
+                    await asyncio.sleep(0)
+            else:
+                await asyncio.sleep(rng.uniform(0, 0.004 if small else 0.05))
+            task.cancel()
+            try:
+                info = await task
+            except asyncio.CancelledError:
+                outcomes["cancelled"] += 1
+                assert await store.download(key) == current, f"round {i}: partial or new object"
+            else:
+                outcomes["stored"] += 1
+                assert info.etag == etag_of(new)
+                assert await store.download(key) == new, f"round {i}: returned but not stored"
+                current = new
+            assert (await store.info(key)).etag == etag_of(current), f"round {i}: info"
+            await store.flush_events(5)
+            published = [e for e in events.of(FileUploadedEvent) if e.etag == etag_of(new)]
+            assert len(published) == (1 if current == new else 0), f"round {i}: events"
+        assert [i.path async for i in store.list("cancel/")] == [key]
+        assert outcomes["cancelled"] + outcomes["stored"] == rounds
