@@ -245,7 +245,10 @@ class StorageEvents:
 
     async def _put_when_full(self, item: _Item) -> None:
         if self._overflow == "drop":
-            await asyncio.sleep(0)  # give the dispatcher one turn before dropping anything
+            try:
+                await asyncio.sleep(0)  # give the dispatcher one turn before dropping anything
+            except asyncio.CancelledError:
+                _consume_cancellation()  # the operation happened: its call completes normally
             if not self._put(item):
                 self.dropped += 1
                 if self.dropped == 1 or self.dropped % 1000 == 0:
@@ -271,9 +274,7 @@ class StorageEvents:
         except asyncio.CancelledError:
             # The storage operation already happened, so its event must not be lost: it stays
             # queued and the call completes normally (the cancellation request is consumed).
-            task = asyncio.current_task()
-            if task is not None:
-                task.uncancel()
+            _consume_cancellation()
             logger.debug("storage.events.cancelled_while_waiting", pending=len(queue))
         finally:
             self.waited_seconds += loop.time() - started
@@ -362,6 +363,14 @@ class StorageEvents:
             task.cancel()
             self._task = None
         self._discard()
+
+
+def _consume_cancellation() -> None:
+    """Consume a cancellation of the current task that arrived after its storage operation
+    happened: the event is queued and the call completes normally."""
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
 
 
 NO_EVENTS: Final = StorageEvents()

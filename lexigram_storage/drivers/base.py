@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
 from datetime import timedelta
@@ -55,33 +54,22 @@ _T = TypeVar("_T")
 async def await_to_end(work: Awaitable[_T]) -> _T:
     """Await *work* to its end even if the calling task is cancelled meanwhile.
 
-    For the commit step of a write (and what must follow it: the event of a stored object),
-    after which a cancellation may no longer interrupt the call (the cancellation guarantee).
-    Cancellations of the caller while *work* runs are ignored and consumed, so the caller gets
-    *work*'s result (or its exception) as if no cancellation had come: it then returns normally,
-    and ``asyncio.timeout`` simply exits without ``TimeoutError`` because the work finished.
-
-    *work* is driven step by step in the caller's task, as the task itself would drive it, but
-    each future it waits for is awaited through ``asyncio.shield``: no extra task, and no extra
-    loop turn when *work* finishes without waiting (the common case of queuing an event). A
-    cancellation of a future *work* waits for (not of the caller) still reaches *work*."""
-    steps = work.__await__()
+    For the commit step of a write, after which a cancellation may no longer interrupt the call
+    (the cancellation guarantee). *work* runs as its own task; cancellations of the caller while
+    it runs are ignored and consumed (``uncancel``), so the caller gets *work*'s result (or its
+    exception) as if no cancellation had come: it then returns normally, and ``asyncio.timeout``
+    simply exits without ``TimeoutError`` because the work finished. Only commits use it (one
+    task per network request or file commit is noise), never the per-call hot path."""
+    future = asyncio.ensure_future(work)
+    caller = asyncio.current_task()
     while True:
         try:
-            waiting = steps.send(None)
-        except StopIteration as finished:
-            result: _T = finished.value
-            return result
-        if waiting is None:  # a bare yield (asyncio.sleep(0)): one turn of the loop
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.sleep(0)
-            continue
-        if not asyncio.isfuture(waiting):
-            raise RuntimeError(f"await_to_end: {work!r} yielded {waiting!r}, not a future")
-        waiting._asyncio_future_blocking = False  # taken over, as a task does
-        while not waiting.done():
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.shield(waiting)
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            if future.cancelled():  # the work itself was cancelled, not (only) the caller
+                raise
+            if caller is not None:
+                caller.uncancel()
 
 
 class BaseDriver:
@@ -312,7 +300,7 @@ class BaseDriver:
         except Exception as exc:
             self._fail(exc, key)
         if self.events.active:
-            await await_to_end(self.events.uploaded(self.name, self.bucket, info))
+            await self.events.uploaded(self.name, self.bucket, info)
         return info
 
     async def copy(self, src: str, dst: str) -> ObjectInfo:
@@ -329,7 +317,7 @@ class BaseDriver:
         except Exception as exc:
             self._fail(exc, src_key)
         if self.events.active:
-            await await_to_end(self.events.uploaded(self.name, self.bucket, info))
+            await self.events.uploaded(self.name, self.bucket, info)
         return info
 
     async def move(self, src: str, dst: str) -> ObjectInfo:
@@ -345,12 +333,9 @@ class BaseDriver:
         except Exception as exc:
             self._fail(exc, src_key)
         if self.events.active:
-            await await_to_end(self._moved_events(info, src_key))
+            await self.events.uploaded(self.name, self.bucket, info)
+            await self.events.deleted(self.name, self.bucket, src_key)
         return info
-
-    async def _moved_events(self, info: ObjectInfo, src_key: str) -> None:
-        await self.events.uploaded(self.name, self.bucket, info)
-        await self.events.deleted(self.name, self.bucket, src_key)
 
     async def copy_batch(self, operations: Iterable[tuple[str, str]]) -> list[str]:
         """Copy each ``(src, dst)`` pair in order; return the destination keys. All keys are
