@@ -189,14 +189,17 @@ def test_readme_documents_every_config_key() -> None:
                           (config.StorageGCSConfig, "drivers.gcs."),
                           (config.StorageAzureConfig, "drivers.azure."),
                           (config.EncryptionConfig, "drivers.s3.encryption."),
+                          (config.StorageEventsConfig, "events."),
                           (config.NamedStorageConfig, "backends[]."),
                           (config.StorageConfig, "")]:
         for field in model.model_fields:
-            if model is config.StorageConfig and field in ("drivers", "service", "backends"):
+            if model is config.StorageConfig and field in ("drivers", "service", "events",
+                                                                   "backends"):
                 continue
             assert f"`{prefix}{field}`" in readme, f"{prefix}{field} is not documented"
     for cls in ("StorageFileNotFoundError", "InvalidPathError", "QuotaExceededError",
                 "ChecksumMismatchError", "PreconditionFailedError", "StoragePermissionError",
                 "StorageBucketNotFoundError", "StorageUnavailableError",
-                "StoragePartialDeleteError", "StorageConfigurationError", "StorageBootError"):
+                "StoragePartialDeleteError", "StorageConfigurationError", "StorageBootError",
+                "InvalidUploadOptionError", "StorageRequestRejectedError", "InvalidPayloadError"):
         assert f"`{cls}`" in readme or f"`{cls}` (" in readme, cls

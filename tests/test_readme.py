@@ -135,29 +135,10 @@ def run_as_pytest_module(block: Block, tmp_path: Path) -> None:
          "-o", "asyncio_mode=strict", "test_readme_block.py"],
         cwd=tmp_path, env=snippet_env(), capture_output=True, text=True, timeout=300)
     summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
-    if result.returncode != 0 and known_strict_mode_defect(result.stdout):
-        pytest.xfail(STRICT_MODE_DEFECT)
     assert result.returncode == 0, (
         f"README block at line {block.line} under pytest (strict asyncio mode): {summary}\n"
         + result.stdout[-6000:] + result.stderr[-2000:])
     assert re.search(r"\d+ passed", summary) and "skipped" not in summary, summary
-
-
-# A defect of the conformance suite itself, not of the README: its ``events`` fixture is an
-# async ``@pytest.fixture``, which pytest-asyncio handles only in auto mode. Fixed in the suite by
-# ``@pytest_asyncio.fixture`` on ``events`` (and ``pytestmark = pytest.mark.asyncio`` on
-# ``DriverConformance``); once it is, the README block passes and this expected failure is gone.
-STRICT_MODE_DEFECT = ("DriverConformance.events is a plain async @pytest.fixture: the 3 event "
-                      "tests error in pytest-asyncio strict mode")
-EVENT_TESTS = {"test_events_for_every_operation", "test_no_events_for_failures_or_partial_streams",
-               "test_failing_subscriber_never_fails_the_call"}
-
-
-def known_strict_mode_defect(output: str) -> bool:
-    """True when the only failures are the event tests refusing the suite's async fixture."""
-    failed = set(re.findall(r"^(?:ERROR|FAILED) \S+::(\w+)", output, re.MULTILINE))
-    return (failed == EVENT_TESTS
-            and "requested an async fixture 'events', with no plugin or hook" in output)
 
 
 @pytest.mark.parametrize("block", by_lang("yaml"))
