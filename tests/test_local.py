@@ -610,3 +610,19 @@ async def test_failed_small_write_leaves_no_directories(store: LocalDriver,
     assert not (store.root / "new").exists()
     assert (store.root / "keep" / "old").read_bytes() == b"old"
     assert staging(store.root) == []
+
+
+async def test_pruning_never_removes_a_directory_outside_the_root(store: LocalDriver,
+                                                                   tmp_path: Path) -> None:
+    """A directory on a deleted key's path swapped for a symlink to outside (a race between the
+    delete and its pruning): the empty directories the pruning would remove stay untouched."""
+    outside = tmp_path / "outside"
+    (outside / "b").mkdir(parents=True)
+    await store.upload("a/b/c", b"x")
+    await store.delete("a/b/c")
+    (store.root / "a").mkdir(exist_ok=True)
+    os.rmdir(store.root / "a")
+    (store.root / "a").symlink_to(outside)  # what a concurrent swap would leave
+    store._prune(["a", "b", "c"])  # the pruning step of that delete
+    assert (outside / "b").is_dir()
+    assert (store.root / "a").is_symlink()

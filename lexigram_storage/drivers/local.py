@@ -1203,12 +1203,22 @@ class LocalDriver(BaseDriver):
         return found
 
     def _prune(self, parts: list[str]) -> None:
-        """Remove the directories a delete left empty, up to (not including) the root."""
+        """Remove the directories a delete left empty, up to (not including) the root. Each is
+        removed relative to its parent opened and checked like any other path, so a directory
+        swapped for a symlink meanwhile never leads the removal outside the root."""
         for depth in range(len(parts) - 1, 0, -1):
             try:
-                os.rmdir(self._path(parts[:depth]))
+                dfd = self._open_parent(parts[:depth], "/".join(parts[:depth]), create=False)
+            except (OSError, StorageError):
+                return
+            if dfd is None:
+                return
+            try:
+                os.rmdir(parts[depth - 1], dir_fd=dfd)
             except OSError:
                 return
+            finally:
+                os.close(dfd)
 
     # ------------------------------------------------------------------ copy and move
 
