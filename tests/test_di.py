@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,7 +13,6 @@ from lexigram.contracts.core.hooks import HookRegistryProtocol
 from lexigram.contracts.events import DomainEventPublisherProtocol, EventBusProtocol
 from lexigram.contracts.infra.storage import BlobStoreProtocol, StorageDriverProtocol
 from lexigram.di.markers import Named
-from lexigram.di.module import Module, module
 from lexigram.di.provider import Provider
 from lexigram.events.module import EventsModule
 from lexigram.hooks import HookRegistry
@@ -37,6 +35,8 @@ from lexigram_storage import (
 from lexigram_storage.config import StorageOperationConfig
 from lexigram_storage.errors import QuotaExceededError
 from lexigram_storage.registry import DriverContext
+from tests import support
+from tests.support import start
 
 
 class AvatarService:
@@ -62,31 +62,9 @@ def two_backends(primary: str | None = "avatars") -> StorageConfig:
     ])
 
 
+
 def app_with(*imports: Any, providers: list[Any] | None = None) -> Application:
-    @module(imports=list(imports), providers=[ServicesProvider])
-    class AppModule(Module):
-        pass
-
-    app = Application(name="storage-test")
-    app.add_module(AppModule)
-    for provider in providers or []:
-        app.add_provider(provider)
-    return app
-
-
-@pytest.fixture
-async def running() -> AsyncIterator[list[Application]]:
-    apps: list[Application] = []
-    yield apps
-    for app in apps:
-        if str(app.state) not in ("stopped", "AppState.STOPPED"):
-            await app.stop()
-
-
-async def start(apps: list[Application], app: Application) -> Application:
-    await app.start()
-    apps.append(app)
-    return app
+    return support.app_with(*imports, providers=providers, module_providers=[ServicesProvider])
 
 
 async def test_configure_binds_default_and_named_instances(running: list[Application]) -> None:

@@ -8,14 +8,12 @@ primitives (a yield, an event), never by timing assumptions.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from lexigram import Application
 from lexigram.contracts.events import DomainEventPublisherProtocol, EventBusProtocol
 from lexigram.contracts.infra.storage import BlobStoreProtocol
-from lexigram.di.module import Module, module
 from lexigram.di.provider import Provider
 from lexigram.events.buses.event import EventBusImpl
 from lexigram.events.config import EventBusConfig, EventsConfig
@@ -31,6 +29,7 @@ from lexigram_storage import (
 )
 from lexigram_storage.config import StorageEventsConfig
 from lexigram_storage.events import Overflow, StorageEvents
+from tests.support import app_with, start
 
 
 def config(max_pending: int, overflow: Overflow = "block") -> StorageConfig:
@@ -38,31 +37,6 @@ def config(max_pending: int, overflow: Overflow = "block") -> StorageConfig:
                          events=StorageEventsConfig(max_pending=max_pending, overflow=overflow))
 
 
-def app_with(*imports: Any, providers: list[Any] | None = None) -> Application:
-    @module(imports=list(imports))
-    class AppModule(Module):
-        pass
-
-    app = Application(name="storage-events-test")
-    app.add_module(AppModule)
-    for provider in providers or []:
-        app.add_provider(provider)
-    return app
-
-
-@pytest.fixture
-async def apps() -> AsyncIterator[list[Application]]:
-    started: list[Application] = []
-    yield started
-    for app in started:
-        if str(app.state) not in ("stopped", "AppState.STOPPED"):
-            await app.stop()
-
-
-async def start(apps: list[Application], app: Application) -> Application:
-    await app.start()
-    apps.append(app)
-    return app
 
 
 async def event_stats(app: Application) -> dict[str, Any]:
@@ -133,11 +107,11 @@ async def test_burst_through_slow_subscriber_loses_nothing() -> None:
     assert events.waits > 40_000  # back-pressure engaged for most calls
 
 
-async def test_back_pressure_in_an_application(apps: list[Application]) -> None:
+async def test_back_pressure_in_an_application(running: list[Application]) -> None:
     """The same through StorageModule and EventsModule, with the policy from StorageConfig and
     the counters in the storage health details."""
     bus_config = EventsConfig(event_bus=EventBusConfig(parallel_dispatch=False))
-    app = await start(apps, app_with(EventsModule.configure(bus_config),
+    app = await start(running, app_with(EventsModule.configure(bus_config),
                                      StorageModule.configure(config(max_pending=100))))
     bus = await app.container.resolve(EventBusProtocol)
     received: list[str] = []
@@ -282,10 +256,10 @@ class FlakyProvider(Provider):
 
 
 async def test_failing_subscriber_under_back_pressure_never_fails_calls(
-    apps: list[Application],
+    running: list[Application],
 ) -> None:
     flaky = FlakyProvider()
-    app = await start(apps, app_with(StorageModule.configure(config(max_pending=10)),
+    app = await start(running, app_with(StorageModule.configure(config(max_pending=10)),
                                      providers=[flaky]))
     store = await app.container.resolve(BlobStoreProtocol)
 
@@ -308,8 +282,8 @@ async def test_failing_subscriber_under_back_pressure_never_fails_calls(
 # --------------------------------------------------------------------- drop policy
 
 
-async def test_drop_policy_counts_drops_and_reports_them(apps: list[Application]) -> None:
-    app = await start(apps, app_with(EventsModule.configure(),
+async def test_drop_policy_counts_drops_and_reports_them(running: list[Application]) -> None:
+    app = await start(running, app_with(EventsModule.configure(),
                                      StorageModule.configure(config(100, "drop"))))
     bus = await app.container.resolve(EventBusProtocol)
     gate = asyncio.Event()
@@ -351,7 +325,7 @@ async def test_shutdown_delivers_queued_events_within_its_timeout() -> None:
 
 
 async def test_shutdown_releases_calls_blocked_by_a_stuck_subscriber(
-    apps: list[Application],
+    running: list[Application],
 ) -> None:
     """A subscriber that never returns: shutdown gives up after events.shutdown_timeout,
     counts the undelivered events and the blocked uploads return normally."""
@@ -368,7 +342,7 @@ async def test_shutdown_releases_calls_blocked_by_a_stuck_subscriber(
     gates = GateProvider()
     provider = StorageProvider(StorageConfig(
         default_driver="memory", events=StorageEventsConfig(max_pending=3, shutdown_timeout=0.2)))
-    app = await start(apps, app_with(providers=[gates, provider]))
+    app = await start(running, app_with(providers=[gates, provider]))
     store = await app.container.resolve(BlobStoreProtocol)
     uploads = [asyncio.create_task(store.upload(f"u/{i}", b"x")) for i in range(10)]
     await until_waiting(provider.events, 6)  # 1 held by the gate, 3 queued, 6 waiting
@@ -405,7 +379,7 @@ def test_policy_from_env_and_validation(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 async def test_policy_from_yaml_and_env_reaches_the_events(
-    apps: list[Application], tmp_path: Any, monkeypatch: pytest.MonkeyPatch,
+    running: list[Application], tmp_path: Any, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     (tmp_path / "application.yaml").write_text(
         "storage:\n"
@@ -416,15 +390,15 @@ async def test_policy_from_yaml_and_env_reaches_the_events(
     )
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("LEX_STORAGE__EVENTS__OVERFLOW", "drop")  # env wins
-    app = await start(apps, app_with(EventsModule.configure(), StorageModule.configure()))
+    app = await start(running, app_with(EventsModule.configure(), StorageModule.configure()))
     store = await app.container.resolve(BlobStoreProtocol)
     assert (store.events.max_pending, store.events.overflow) == (42, "drop")
     stats = await event_stats(app)
     assert (stats["max_pending"], stats["overflow"]) == (42, "drop")
 
 
-async def test_room_in_the_queue_means_no_wait(apps: list[Application]) -> None:
-    app = await start(apps, app_with(EventsModule.configure(),
+async def test_room_in_the_queue_means_no_wait(running: list[Application]) -> None:
+    app = await start(running, app_with(EventsModule.configure(),
                                      StorageModule.configure(config(max_pending=10_000))))
     bus = await app.container.resolve(EventBusProtocol)
     seen: list[Any] = []

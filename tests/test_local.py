@@ -36,6 +36,7 @@ from lexigram_storage.errors import (
 )
 from lexigram_storage.payload import UploadPolicy
 from lexigram_storage.registry import DriverContext
+from tests.support import staging, user_files
 
 MiB = 1024 * 1024
 
@@ -46,18 +47,6 @@ async def store(tmp_path: Path) -> AsyncIterator[LocalDriver]:
         yield driver
 
 
-def staging(root: Path) -> list[str]:
-    path = root / INTERNAL_DIR / "staging"
-    return sorted(os.listdir(path)) if path.exists() else []
-
-
-def user_files(root: Path) -> list[str]:
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        if Path(dirpath) == root and INTERNAL_DIR in dirnames:
-            dirnames.remove(INTERNAL_DIR)
-        out += [os.path.relpath(os.path.join(dirpath, f), root) for f in filenames]
-    return sorted(out)
 
 
 async def slow_chunks(n: int, size: int, gate: asyncio.Event | None = None,

@@ -16,6 +16,7 @@ import pytest
 from lexigram_storage.drivers import local
 from lexigram_storage.drivers.local import INTERNAL_DIR, LocalDriver
 from lexigram_storage.models import ObjectInfo
+from tests.support import staging, user_files
 
 MiB = 1024 * 1024
 NAME_MAX = 255
@@ -27,11 +28,6 @@ async def store(tmp_path: Path) -> AsyncIterator[LocalDriver]:
         yield driver
 
 
-def staging(root: Path) -> list[str]:
-    path = root / INTERNAL_DIR / "staging"
-    return sorted(os.listdir(path)) if path.exists() else []
-
-
 def disk_names(root: Path) -> list[str]:
     """Every name below the root, outside the driver's own area."""
     names = []
@@ -41,14 +37,6 @@ def disk_names(root: Path) -> list[str]:
         names += dirnames + filenames
     return names
 
-
-def user_files(root: Path) -> list[str]:
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        if Path(dirpath) == root and INTERNAL_DIR in dirnames:
-            dirnames.remove(INTERNAL_DIR)
-        out += [os.path.relpath(os.path.join(dirpath, f), root) for f in filenames]
-    return sorted(out)
 
 
 async def listed(store: LocalDriver, prefix: str = "") -> list[str]:
