@@ -598,15 +598,9 @@ class LocalDriver(BaseDriver):
                 if exc.errno in (errno.ENAMETOOLONG, errno.ELOOP):
                     continue
                 raise
-            try:
-                st = os.fstat(fd)
-            except BaseException:
-                os.close(fd)
-                raise
-            if not stat.S_ISREG(st.st_mode):
-                os.close(fd)
-                continue
-            return self._checked(fd, key), st
+            st = _regular_file(fd)
+            if st is not None:
+                return self._checked(fd, key), st
         return None
 
     def _walk_to_object(self, parts: list[str], key: str) -> tuple[int, os.stat_result] | None:
@@ -634,14 +628,9 @@ class LocalDriver(BaseDriver):
                     if exc.errno == errno.ENAMETOOLONG:
                         continue
                     raise
-                try:
-                    st = os.fstat(fd)
-                except BaseException:
-                    os.close(fd)
-                    raise
-                if stat.S_ISREG(st.st_mode):
+                st = _regular_file(fd)
+                if st is not None:
                     return fd, st
-                os.close(fd)
             return None
         finally:
             os.close(dfd)
@@ -1598,6 +1587,20 @@ def _removed(dfd: int) -> bool:
         return os.fstat(dfd).st_nlink == 0
     except OSError:
         return True
+
+
+def _regular_file(fd: int) -> os.stat_result | None:
+    """The stat of the open *fd* if it is a regular file; else ``None``, and *fd* is closed
+    (as it is when fstat fails)."""
+    try:
+        st = os.fstat(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    if stat.S_ISREG(st.st_mode):
+        return st
+    os.close(fd)
+    return None
 
 
 def _lstat_at(name: str, dfd: int) -> os.stat_result | None:
