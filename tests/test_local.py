@@ -500,6 +500,8 @@ async def test_small_cached_downloads_need_no_thread(store: LocalDriver,
     await store.upload("empty", b"")
     await store.upload("big.bin", b"b" * (local._INLINE_READ + 1))
     (store.root / "alias").symlink_to(store.root / "empty")
+    for name in ("a/small.bin\x02", "empty", "alias"):  # what a first read would bring into
+        (store.root / name).read_bytes()              # the kernel's caches (RESOLVE_CACHED)
 
     def no_thread(*args: object) -> None:
         raise AssertionError("went through a thread")
