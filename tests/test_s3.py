@@ -168,10 +168,10 @@ async def test_cancellation_mid_multipart_aborts_the_upload(
 
     task = asyncio.create_task(store.upload("mp/cancelled.bin", slow()))
     await asyncio.wait_for(parts_sent.wait(), 20)
-    for _ in range(100):
+    for _ in range(200):  # up to 10 s on a loaded machine for CreateMultipartUpload to show
         if await uploads_in_progress(s3_client, s3_bucket):
             break
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(0.05)
     assert await uploads_in_progress(s3_client, s3_bucket) == ["mp/cancelled.bin"]
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
