@@ -20,6 +20,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from lexigram_storage.catalogue import BUILTIN_DRIVERS, known_driver_names
 from lexigram_storage.events import Overflow
 from lexigram_storage.payload import UploadPolicy
 
@@ -39,7 +40,6 @@ __all__ = [
     "StorageS3Config",
 ]
 
-BUILTIN_DRIVERS: tuple[str, ...] = ("local", "memory", "s3", "r2", "gcs", "azure")
 DriverName = Literal["local", "memory", "s3", "r2", "gcs", "azure"]
 MiB = 1024 * 1024
 
@@ -221,8 +221,6 @@ class NamedStorageConfig(_Model):
     @field_validator("driver")
     @classmethod
     def _known_driver(cls, value: str) -> str:
-        from lexigram_storage.registry import known_driver_names
-
         names = known_driver_names()
         if value not in names:
             raise ValueError(f"unknown driver {value!r}; valid drivers: {', '.join(names)}")

@@ -12,10 +12,15 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache
-from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from lexigram_storage.catalogue import (
+    BUILTIN,
+    ENTRY_POINT_GROUP,
+    add_runtime_name,
+    declared_entry_points,
+    known_driver_names,
+)
 from lexigram_storage.errors import StorageConfigurationError
 from lexigram_storage.payload import UploadPolicy
 
@@ -25,18 +30,6 @@ if TYPE_CHECKING:
 
 __all__ = ["ENTRY_POINT_GROUP", "DriverContext", "DriverFactory", "DriverRegistry",
            "known_driver_names"]
-
-ENTRY_POINT_GROUP = "lexigram_storage.drivers"
-
-# driver name -> (module:class, pip extra needed)
-_BUILTIN: dict[str, tuple[str, str | None]] = {
-    "local": ("lexigram_storage.drivers.local:LocalDriver", None),
-    "memory": ("lexigram_storage.drivers.memory:MemoryDriver", None),
-    "s3": ("lexigram_storage.drivers.s3:S3Driver", "s3"),
-    "r2": ("lexigram_storage.drivers.s3:S3Driver", "r2"),
-    "gcs": ("lexigram_storage.drivers.gcs:GCSDriver", "gcs"),
-    "azure": ("lexigram_storage.drivers.azure:AzureDriver", "azure"),
-}
 
 
 @dataclass(frozen=True)
@@ -50,21 +43,6 @@ class DriverContext:
 DriverFactory = Callable[["NamedStorageConfig", DriverContext], "BaseDriver"]
 
 
-# names given to DriverRegistry.register(), so configs may refer to them
-_RUNTIME_NAMES: dict[str, None] = {}
-
-
-@cache
-def _entry_points() -> dict[str, Any]:
-    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
-
-
-def known_driver_names() -> list[str]:
-    """Built-in driver names, then those of installed packages and of ``register()`` calls."""
-    names = dict.fromkeys([*_BUILTIN, *_entry_points(), *_RUNTIME_NAMES])
-    return list(names)
-
-
 class DriverRegistry:
     """Maps driver names to factories and builds drivers from named backend configs."""
 
@@ -74,7 +52,7 @@ class DriverRegistry:
     def register(self, name: str, factory: DriverFactory) -> None:
         """Add or replace the factory for *name* (configs may then use ``driver: name``)."""
         self._factories[name] = factory
-        _RUNTIME_NAMES[name] = None
+        add_runtime_name(name)
 
     def names(self) -> list[str]:
         return list(dict.fromkeys([*known_driver_names(), *self._factories]))
@@ -82,10 +60,10 @@ class DriverRegistry:
     def factory(self, name: str) -> DriverFactory:
         if name in self._factories:
             return self._factories[name]
-        if name in _BUILTIN:
-            target, extra = _BUILTIN[name]
+        if name in BUILTIN:
+            target, extra = BUILTIN[name]
             return _builtin_factory(name, target, extra)
-        ep = _entry_points().get(name)
+        ep = declared_entry_points().get(name)
         if ep is not None:
             loaded = ep.load()
             factory: DriverFactory = getattr(loaded, "from_named", loaded)

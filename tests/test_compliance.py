@@ -18,8 +18,8 @@ import pytest
 from lexigram.testing import BlobStoreCompliance
 
 from lexigram_storage import LocalDriver, MemoryDriver, R2Driver, S3Driver
+from lexigram_storage.catalogue import BUILTIN
 from lexigram_storage.drivers.base import BaseDriver
-from lexigram_storage.registry import _BUILTIN
 from tests.emulators import S3Settings, create_bucket
 
 D = TypeVar("D", bound=BaseDriver)
@@ -84,6 +84,6 @@ def test_every_existing_driver_runs_the_compliance_suite() -> None:
     """A built-in driver whose module exists but has no compliance class above fails here."""
     covered = {"memory": TestMemoryCompliance, "local": TestLocalCompliance,
                "s3": TestS3Compliance, "r2": TestR2Compliance}
-    existing = {name for name, (target, _extra) in _BUILTIN.items()
+    existing = {name for name, (target, _extra) in BUILTIN.items()
                 if importlib.util.find_spec(target.partition(":")[0]) is not None}
     assert existing == set(covered)

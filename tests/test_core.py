@@ -203,3 +203,27 @@ def test_readme_documents_every_config_key() -> None:
                 "StoragePartialDeleteError", "StorageConfigurationError", "StorageBootError",
                 "InvalidUploadOptionError", "StorageRequestRejectedError", "InvalidPayloadError"):
         assert f"`{cls}`" in readme or f"`{cls}` (" in readme, cls
+
+
+def test_driver_catalogue_is_a_leaf_and_config_needs_no_registry() -> None:
+    """config.py and registry.py both read the catalogue; neither config.py nor the catalogue
+    imports the registry or a driver (no import circle, not even a deferred one)."""
+    import ast
+    from pathlib import Path
+
+    package = Path(__file__).parent.parent / "lexigram_storage"
+
+    def imported(name: str) -> set[str]:
+        tree = ast.parse((package / name).read_text())
+        found: set[str] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                found.add(node.module)
+            elif isinstance(node, ast.Import):
+                found.update(alias.name for alias in node.names)
+        return {m for m in found if m.startswith("lexigram_storage")}
+
+    assert imported("catalogue.py") == set()
+    assert not {m for m in imported("config.py")
+                if m.startswith(("lexigram_storage.registry", "lexigram_storage.drivers"))}
+    assert "lexigram_storage.catalogue" in imported("registry.py")
