@@ -233,15 +233,16 @@ class StorageEvents:
         when the queue is full."""
         if len(self._queue) >= self._max_pending:
             return False
-        self._queue.append(item)
-        if self._task is None:
-            self._start_dispatcher()
+        self._enqueue(item)
         return True
 
-    def _start_dispatcher(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(
-            self._dispatch(), name="lexigram-storage-events"
-        )
+    def _enqueue(self, item: _Item) -> None:
+        """Append *item* to the queue, starting the dispatcher task if it is not running."""
+        self._queue.append(item)
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(
+                self._dispatch(), name="lexigram-storage-events"
+            )
 
     async def _put_when_full(self, item: _Item) -> None:
         if self._overflow == "drop":
@@ -260,10 +261,8 @@ class StorageEvents:
     async def _wait_for_room(self, item: _Item) -> None:
         """Back-pressure: queue *item* now (its place in the order is taken) and wait until it
         is within ``max_pending`` of the head, i.e. until the dispatcher has taken enough."""
+        self._enqueue(item)
         queue = self._queue
-        queue.append(item)
-        if self._task is None:
-            self._start_dispatcher()
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[None] = loop.create_future()
         self._waiters.append((self._taken + len(queue) - self._max_pending, waiter))
