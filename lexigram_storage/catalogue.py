@@ -20,7 +20,7 @@ BUILTIN: dict[str, tuple[str, str | None]] = {
     "local": ("lexigram_storage.drivers.local:LocalDriver", None),
     "memory": ("lexigram_storage.drivers.memory:MemoryDriver", None),
     "s3": ("lexigram_storage.drivers.s3:S3Driver", "s3"),
-    "r2": ("lexigram_storage.drivers.s3:S3Driver", "r2"),
+    "r2": ("lexigram_storage.drivers.s3:R2Driver", "r2"),
     "gcs": ("lexigram_storage.drivers.gcs:GCSDriver", "gcs"),
     "azure": ("lexigram_storage.drivers.azure:AzureDriver", "azure"),
 }

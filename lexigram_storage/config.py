@@ -8,19 +8,21 @@ framework's ``LEX_STORAGE__*`` overrides) and validates it with this same model.
 from __future__ import annotations
 
 import os
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     SecretStr,
+    ValidationError,
     field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from lexigram_storage.catalogue import BUILTIN_DRIVERS, known_driver_names
+from lexigram_storage.errors import StorageConfigurationError
 from lexigram_storage.events import Overflow
 from lexigram_storage.payload import UploadPolicy
 
@@ -35,9 +37,11 @@ __all__ = [
     "StorageGCSConfig",
     "StorageLocalConfig",
     "StorageMemoryConfig",
+    "StorageNetworkConfig",
     "StorageOperationConfig",
     "StorageR2Config",
     "StorageS3Config",
+    "settings_from",
 ]
 
 DriverName = Literal["local", "memory", "s3", "r2", "gcs", "azure"]
@@ -84,10 +88,18 @@ class EncryptionConfig(_Model):
         return self
 
 
-class StorageS3Config(_Model):
+class StorageNetworkConfig(_Model):
+    """Timeouts and retries, the same settings on every network driver (S3, R2, GCS, Azure)."""
+
+    connect_timeout: float = Field(10.0, gt=0, description="Seconds to open a connection.")
+    read_timeout: float = Field(60.0, gt=0, description="Seconds to wait for response bytes.")
+    max_attempts: int = Field(3, ge=1, le=20, description="Attempts per request, including the first.")
+
+
+class StorageS3Config(StorageNetworkConfig):
     """``driver: s3``: Amazon S3 or an S3-compatible server."""
 
-    bucket: str = Field(description="Bucket name.")
+    bucket: str = Field(min_length=1, description="Bucket name.")
     region: str | None = Field(None, description="AWS region (default: the SDK's resolution).")
     access_key: str | None = Field(None, description="Omit to use the AWS credential chain.")
     secret_key: SecretStr | None = Field(None, description="Secret access key (with access_key).")
@@ -96,14 +108,14 @@ class StorageS3Config(_Model):
     public_url: str | None = Field(None, description="Custom domain / CDN used by get_url.")
     addressing_style: Literal["auto", "path", "virtual"] = Field(
         "auto", description="Bucket in the host name (virtual) or in the path.")
-    connect_timeout: float = Field(10.0, gt=0, description="Seconds to open a connection.")
-    read_timeout: float = Field(60.0, gt=0, description="Seconds to wait for response bytes.")
-    max_attempts: int = Field(3, ge=1, description="Attempts per request, including the first.")
     retry_mode: Literal["standard", "adaptive", "legacy"] = Field(
         "standard", description="botocore retry mode.")
+    checksum_mode: Literal["when_supported", "when_required"] | None = Field(
+        None, description="botocore request/response checksums (default: when_supported; "
+        "r2: when_required).")
     multipart_threshold: int = Field(8 * MiB, ge=5 * MiB,
                                      description="Uploads at least this big use multipart (bytes).")
-    multipart_chunk_size: int = Field(8 * MiB, ge=5 * MiB,
+    multipart_chunk_size: int = Field(8 * MiB, ge=5 * MiB, le=5 * 1024 * MiB,
                                       description="Part size; grows to stay under 10,000 parts.")
     max_concurrency: int = Field(4, ge=1, le=64, description="Parts uploaded at once.")
     encryption: EncryptionConfig | None = Field(None, description="Server-side encryption.")
@@ -359,3 +371,20 @@ def _secrets(block: BaseModel | None) -> list[tuple[str, str]]:
         elif field == "access_key" and isinstance(value, str):
             found.append((field, value))
     return found
+
+
+_Block = TypeVar("_Block", bound=BaseModel)
+
+
+def settings_from(model: type[_Block], values: dict[str, Any], *, backend: str | None
+                  ) -> _Block:
+    """Validate a driver's constructor arguments with its settings model, so a driver built
+    in code and one built from configuration pass the same checks; a failure is a
+    ``StorageConfigurationError`` listing every problem."""
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']) or model.__name__}: {error['msg']}"
+            for error in exc.errors())
+        raise StorageConfigurationError(problems, backend=backend, cause=exc) from exc

@@ -45,7 +45,7 @@ import io
 import mimetypes
 import os
 import re
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from functools import lru_cache
@@ -414,6 +414,42 @@ class Payload:
                     take(chunk)
                     yield chunk
         self._verify()
+
+    def prehash_job(self) -> Callable[[], str | None] | None:
+        """A blocking function returning the hex SHA-256 of the whole payload of a seekable
+        file without moving its position (``os.pread``; ``None`` when the file ends early or
+        cannot be read that way), or ``None`` when the payload is no such file. The position
+        is taken now, before anything reads the file. A driver runs it in a worker thread to
+        know the etag before it starts a multipart upload (saving the step that records the
+        digest afterwards); if the file changes meanwhile, iteration still computes the
+        digest of what was actually sent (``etag``)."""
+        source, size = self.source_file, self.size_hint
+        if source is None or size is None:
+            return None
+        try:
+            position = int(source.tell())
+        except (AttributeError, OSError, ValueError):
+            return None
+        try:
+            fd = source.fileno()
+        except (AttributeError, OSError, ValueError):
+            getbuffer = getattr(source, "getbuffer", None)  # io.BytesIO
+            if getbuffer is None:
+                return None
+
+            def from_buffer() -> str | None:
+                with getbuffer() as view, view[position:position + size] as window:
+                    return content_digest(window)
+
+            return from_buffer
+
+        def from_fd() -> str | None:
+            try:
+                return digest_fd(fd, position, size)
+            except OSError:
+                return None
+
+        return from_fd
 
     def take_bytes(self) -> bytes | None:
         """The whole payload, checked, when it was given in memory (bytes or str); ``None`` for

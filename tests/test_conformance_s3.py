@@ -13,7 +13,7 @@ from tests.emulators import S3Settings, create_bucket
 
 class TestS3Conformance(DriverConformance):
     # a small multipart threshold: "large" uploads (and the 3 MiB stream test) go multipart
-    large_payload_size = 2 * 1024 * 1024 + 7
+    large_payload_size = 6 * 1024 * 1024 + 7
 
     @pytest_asyncio.fixture
     async def store(self, s3_server: S3Settings, unique_name: str) -> AsyncIterator[S3Driver]:
@@ -22,7 +22,7 @@ class TestS3Conformance(DriverConformance):
             unique_name, region="us-east-1", access_key=s3_server.access_key,
             secret_key=s3_server.secret_key, endpoint_url=s3_server.endpoint_url,
             addressing_style="path", connect_timeout=2, read_timeout=10, max_attempts=2,
-            multipart_threshold=1024 * 1024, name="s3-conformance",
+            multipart_threshold=5 * 1024 * 1024, name="s3-conformance",
         ) as driver:
             yield driver
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import inspect
 import io
 import os
 import time
@@ -17,8 +18,9 @@ import httpx
 import pytest
 from lexigram.contracts.core.health import HealthStatus
 from lexigram.contracts.infra.storage import StorageUnsupportedOperationError
+from pydantic import ValidationError
 
-from lexigram_storage.config import EncryptionConfig
+from lexigram_storage.config import EncryptionConfig, StorageS3Config
 from lexigram_storage.drivers.s3 import DIGEST_METADATA_KEY, MiB, R2Driver, S3Driver
 from lexigram_storage.errors import (
     ChecksumMismatchError,
@@ -143,15 +145,15 @@ async def test_small_unknown_size_stream_is_one_put(store: S3Driver, s3_client: 
 
 
 def test_part_size_grows_to_stay_under_10000_parts() -> None:
-    driver = S3Driver("bucket", multipart_chunk_size=5 * MiB)
-    assert driver._part_size(None, 1) == 5 * MiB
-    assert driver._part_size(None, 901) == 10 * MiB
-    assert driver._part_size(None, 10_000) == 5 * 1024 * MiB
+    rules = S3Driver("bucket", multipart_chunk_size=5 * MiB).part_rules
+    assert rules.size_of(1, None) == 5 * MiB
+    assert rules.size_of(901, None) == 10 * MiB
+    assert rules.size_of(10_000, None) == 5 * 1024 * MiB
     five_tib = 5 * 1024 * 1024 * MiB
-    size = driver._part_size(five_tib, 1)
+    size = rules.size_of(1, five_tib)
     assert size * 9999 >= five_tib and size <= 5 * 1024 * MiB
     # unknown size: 10,000 growing parts hold about 5 TiB
-    assert sum(driver._part_size(None, n) for n in range(1, 10_001)) >= 5 * 1024 * 1024 * MiB
+    assert sum(rules.size_of(n, None) for n in range(1, 10_001)) >= 5 * 1024 * 1024 * MiB
 
 
 async def test_cancellation_mid_multipart_aborts_the_upload(
@@ -366,6 +368,29 @@ def test_configuration_errors() -> None:
         S3Driver("b", multipart_chunk_size=MiB)
     with pytest.raises(StorageConfigurationError, match="endpoint_url"):
         R2Driver("b")
+    # the constructor runs the configuration model's checks: the two cannot drift
+    for bad in ({"multipart_threshold": 1}, {"max_concurrency": 65}, {"max_concurrency": 0},
+                {"multipart_chunk_size": 6 * 1024 * MiB}, {"read_timeout": 0},
+                {"addressing_style": "sideways"}, {"bucket": ""}):
+        values = {"bucket": "b", **bad}
+        with pytest.raises(ValidationError):
+            StorageS3Config(**values)
+        with pytest.raises(StorageConfigurationError, match=next(iter(bad))):
+            S3Driver(**values)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("driver_cls", [S3Driver, R2Driver])
+def test_constructor_defaults_are_the_configuration_defaults(driver_cls: type[S3Driver]) -> None:
+    """``S3Driver(...)`` and ``driver: s3`` with the same settings build the same driver."""
+    block = driver_cls.config_model(bucket="b", endpoint_url="https://r2.example")
+    built = driver_cls.from_config(block, name="x")
+    direct = driver_cls("b", endpoint_url="https://r2.example", name="x")
+    assert built.settings == direct.settings == block
+    defaults = {name: p.default for name, p in inspect.signature(driver_cls).parameters.items()
+                if p.default is not inspect.Parameter.empty and p.default is not None}
+    for name, value in defaults.items():
+        if name in block.model_fields:
+            assert getattr(block, name) == value, name
     driver = S3Driver("b", access_key="AKIA", secret_key="very-secret-value")
     assert "very-secret-value" not in repr(driver) + repr(vars(driver))
 
@@ -628,9 +653,9 @@ async def test_server_4xx_is_a_rejected_request_not_an_outage(store: S3Driver) -
     """A request the server refuses with a 400 is a StorageRequestRejectedError: the backend
     was reachable, so never a StorageUnavailableError. moto answers a CopyObject of an object
     onto itself without new metadata with 400 InvalidRequest (as S3 does); ``copy()`` never
-    sends that request, so call the driver primitive."""
+    sends that request, so call the driver primitive (under the public methods' error guard)."""
     await store.upload("rej/a.txt", b"x")
-    with pytest.raises(StorageRequestRejectedError) as exc:
+    with pytest.raises(StorageRequestRejectedError) as exc, store._errors("rej/a.txt"):
         await store._copy("rej/a.txt", "rej/a.txt")
     err = exc.value
     assert not isinstance(err, StorageUnavailableError)
@@ -655,10 +680,8 @@ async def test_requests_refused_before_sending_are_not_outages(
                             metadata=request_options.get("metadata", {}),
                             cache_control=request_options.get("cache_control"))
     payload = Payload(b"data", request, backend=store.name, key="rej/b.txt")
-    with pytest.raises(Exception) as exc:
+    with pytest.raises(StorageRequestRejectedError), store._errors("rej/b.txt"):
         await store._write("rej/b.txt", payload)
-    mapped = store._translate(exc.value, "rej/b.txt")
-    assert isinstance(mapped, StorageRequestRejectedError), repr(mapped)
     assert not await store.exists("rej/b.txt")
 
 
@@ -669,8 +692,8 @@ async def test_cancelled_multipart_uploads_leave_no_orphans(
     import random
 
     rng = random.Random(8)
-    raw = os.urandom(MiB + MiB // 2)
-    async with make_driver(s3_server, s3_bucket, multipart_threshold=MiB) as driver:
+    raw = os.urandom(5 * MiB + MiB // 2)
+    async with make_driver(s3_server, s3_bucket, multipart_threshold=5 * MiB) as driver:
         outcomes = []
         for i in range(16):
             task = asyncio.ensure_future(driver.upload(f"orph/{i}.bin", raw))

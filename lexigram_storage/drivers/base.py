@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import builtins
 import time
-from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping, Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
 from urllib.parse import quote
 
 from lexigram.contracts.core.health import HealthCheckResult, HealthStatus
@@ -39,6 +39,8 @@ from lexigram_storage.payload import (
 )
 
 if TYPE_CHECKING:
+    from pydantic import BaseModel
+
     from lexigram_storage.config import NamedStorageConfig
     from lexigram_storage.registry import DriverContext
 
@@ -101,9 +103,18 @@ class BaseDriver:
         return f"<{type(self).__name__} name={self.name!r} bucket={self.bucket!r}>"
 
     @classmethod
-    def from_named(cls, entry: NamedStorageConfig, context: DriverContext) -> BaseDriver:
+    def from_named(cls, entry: NamedStorageConfig, context: DriverContext) -> Self:
         """Build the driver for a named backend (the registry's factory for built-ins)."""
-        raise NotImplementedError
+        return cls.from_config(entry.driver_config(), name=entry.name, policy=context.policy)
+
+    @classmethod
+    def from_config(cls, block: BaseModel | Mapping[str, Any], *, name: str | None = None,
+                    policy: UploadPolicy | None = None, events: StorageEvents | None = None,
+                    **options: Any) -> Self:
+        """Build the driver from its settings block (``s3:``, ``local:``...). The constructor
+        takes the block's fields as keyword arguments and validates them with the same model
+        (``config.settings_from``), so code and configuration pass the same checks."""
+        return cls(**dict(block), name=name, policy=policy, events=events, **options)
 
     # ------------------------------------------------------------------ primitives
 
@@ -137,6 +148,16 @@ class BaseDriver:
         """Yield the objects whose key starts with *prefix* and sorts after *start_after*,
         in ascending key order, without materialising the whole listing."""
         raise NotImplementedError
+
+    async def _list_keys(self, prefix: str, start_after: str | None) -> AsyncIterator[str]:
+        """The keys ``_list`` would yield, in the same order (for ``clear``); a driver whose
+        listing needs a request per object for its details lists the keys alone here."""
+        items = self._list(prefix, start_after)
+        try:
+            async for info in items:
+                yield info.path
+        finally:
+            await _aclose(items)
 
     async def _copy(self, src: str, dst: str) -> ObjectInfo:
         """Copy an object with its content type, metadata and cache control (default:
@@ -230,8 +251,10 @@ class BaseDriver:
         error.__cause__ = exc
         return error
 
-    def _fail(self, exc: BaseException, key: str | None) -> NoReturn:
-        raise self._translate(exc, key) from exc
+    def _errors(self, key: str | None) -> _ErrorGuard:
+        """``with self._errors(key):`` lets ``StorageError`` through and turns any other
+        exception into the driver's ``StorageError`` (``_translate``), chained to it."""
+        return _ErrorGuard(self, key)
 
     def _validate_range(self, chunk_size: int, offset: int, length: int | None) -> None:
         if chunk_size <= 0:
@@ -293,12 +316,8 @@ class BaseDriver:
             request = UploadRequest.build(key, content_type, options, backend=self.name,
                                           extra_allowed=self.extra_upload_options)
         payload = Payload(data, request, backend=self.name, key=key, policy=self.policy)
-        try:
+        with self._errors(key):
             info = await self._write(key, payload)
-        except StorageError:
-            raise
-        except Exception as exc:
-            self._fail(exc, key)
         if self.events.active:
             await self.events.uploaded(self.name, self.bucket, info)
         return info
@@ -308,14 +327,10 @@ class BaseDriver:
         Copying a key onto itself changes nothing."""
         src_key = validate_key(src, self.name)
         dst_key = validate_key(dst, self.name)
-        try:
+        with self._errors(src_key):
             if src_key == dst_key:
                 return await self._info(src_key)
             info = await self._copy(src_key, dst_key)
-        except StorageError:
-            raise
-        except Exception as exc:
-            self._fail(exc, src_key)
         if self.events.active:
             await self.events.uploaded(self.name, self.bucket, info)
         return info
@@ -324,14 +339,10 @@ class BaseDriver:
         """Move *src* to *dst* (overwriting). Moving a key onto itself changes nothing."""
         src_key = validate_key(src, self.name)
         dst_key = validate_key(dst, self.name)
-        try:
+        with self._errors(src_key):
             if src_key == dst_key:
                 return await self._info(src_key)
             info = await self._move(src_key, dst_key)
-        except StorageError:
-            raise
-        except Exception as exc:
-            self._fail(exc, src_key)
         if self.events.active:
             await self.events.uploaded(self.name, self.bucket, info)
             await self.events.deleted(self.name, self.bucket, src_key)
@@ -348,12 +359,8 @@ class BaseDriver:
     async def download(self, path: str) -> bytes:
         """The whole content of *path* in memory (use ``stream()`` for large objects)."""
         key = validate_key(path, self.name)
-        try:
+        with self._errors(key):
             data = await self._read_all(key)
-        except StorageError:
-            raise
-        except Exception as exc:
-            self._fail(exc, key)
         if self.events.active:
             await self.events.downloaded(self.name, self.bucket, key, len(data))
         return data
@@ -374,13 +381,10 @@ class BaseDriver:
         size = 0
         chunks = self._read(key, offset, length, chunk_size)
         try:
-            async for chunk in chunks:
-                size += len(chunk)
-                yield chunk
-        except StorageError:
-            raise
-        except Exception as exc:
-            self._fail(exc, key)
+            with self._errors(key):
+                async for chunk in chunks:
+                    size += len(chunk)
+                    yield chunk
         finally:
             await _aclose(chunks)
         if self.events.active:
@@ -389,24 +393,16 @@ class BaseDriver:
     async def exists(self, path: str) -> bool:
         """True when an object is stored under *path* (never for a "directory" prefix)."""
         key = validate_key(path, self.name)
-        try:
+        with self._errors(key):
             return await self._head(key) is not None
-        except StorageError:
-            raise
-        except Exception as exc:
-            self._fail(exc, key)
 
     async def info(self, path: str) -> ObjectInfo:
         """Size, content type, etag, metadata and cache control of the object at *path*."""
         return await self._info(validate_key(path, self.name))
 
     async def _info(self, key: str) -> ObjectInfo:
-        try:
+        with self._errors(key):
             info = await self._head(key)
-        except StorageError:
-            raise
-        except Exception as exc:
-            self._fail(exc, key)
         if info is None:
             raise StorageFileNotFoundError(backend=self.name, key=key)
         return info
@@ -429,15 +425,12 @@ class BaseDriver:
         count = 0
         items = self._list(prefix, start_after)
         try:
-            async for info in items:
-                yield info
-                count += 1
-                if limit is not None and count >= limit:
-                    return
-        except StorageError:
-            raise
-        except Exception as exc:
-            self._fail(exc, prefix)
+            with self._errors(prefix):
+                async for info in items:
+                    yield info
+                    count += 1
+                    if limit is not None and count >= limit:
+                        return
         finally:
             await _aclose(items)
 
@@ -447,12 +440,8 @@ class BaseDriver:
         validate_prefix(prefix, self.name)
         if not delimiter:
             raise ValueError(f"{self.name}: delimiter must not be empty")
-        try:
+        with self._errors(prefix):
             return await self._list_dir(prefix, delimiter)
-        except StorageError:
-            raise
-        except Exception as exc:
-            self._fail(exc, prefix)
 
     # ------------------------------------------------------------------ deleting
 
@@ -460,12 +449,8 @@ class BaseDriver:
         """Delete *path*; a missing object raises ``StorageFileNotFoundError`` unless
         *missing_ok*."""
         key = validate_key(path, self.name)
-        try:
+        with self._errors(key):
             existed = await self._delete(key)
-        except StorageError:
-            raise
-        except Exception as exc:
-            self._fail(exc, key)
         if not existed:
             if missing_ok:
                 return
@@ -483,12 +468,8 @@ class BaseDriver:
         failed: dict[str, str] = {}
         for start in range(0, len(keys), _BATCH):
             batch = keys[start:start + _BATCH]
-            try:
+            with self._errors(batch[0]):
                 done, errors = await self._delete_many(batch)
-            except StorageError:
-                raise
-            except Exception as exc:
-                self._fail(exc, batch[0])
             deleted.extend(done)
             failed.update(errors)
             if self.events.active:
@@ -499,18 +480,29 @@ class BaseDriver:
         return deleted
 
     async def clear(self, prefix: str = "") -> int:
-        """Delete every object whose key starts with *prefix*; return how many."""
+        """Delete every object whose key starts with *prefix*; return how many.
+
+        Lists keys only (``_list_keys``), 1000 at a time, each batch deleted with
+        ``delete_many``; the next batch is listed after the last deleted key."""
         validate_prefix(prefix, self.name)
         total = 0
-        batch: builtins.list[str] = []
-        async for info in self.list(prefix):
-            batch.append(info.path)
-            if len(batch) >= _BATCH:
+        after: str | None = None
+        while True:
+            batch: builtins.list[str] = []
+            keys = self._list_keys(prefix, after)
+            try:
+                with self._errors(prefix):
+                    async for key in keys:
+                        batch.append(key)
+                        if len(batch) >= _BATCH:
+                            break
+            finally:
+                await _aclose(keys)
+            if batch:
                 total += len(await self.delete_many(batch))
-                batch = []
-        if batch:
-            total += len(await self.delete_many(batch))
-        return total
+            if len(batch) < _BATCH:
+                return total
+            after = batch[-1]
 
     # ------------------------------------------------------------------ URLs and health
 
@@ -535,12 +527,8 @@ class BaseDriver:
         verb = method.upper()
         if verb not in ("GET", "PUT"):
             raise ValueError(f"{self.name}: method must be GET or PUT, got {method!r}")
-        try:
+        with self._errors(key):
             return await self._presign(key, expires_in, verb, options)
-        except StorageError:
-            raise
-        except Exception as exc:
-            self._fail(exc, key)
 
     async def health_check(self, timeout: float = 5.0) -> HealthCheckResult:
         """Probe the backend within *timeout* seconds. Never raises."""
@@ -563,6 +551,25 @@ class BaseDriver:
             duration_ms=elapsed,
             details=details,
         )
+
+
+class _ErrorGuard:
+    """The context manager of ``BaseDriver._errors`` (a class: cheaper than a generator-based
+    one on the per-call path)."""
+
+    __slots__ = ("driver", "key")
+
+    def __init__(self, driver: BaseDriver, key: str | None) -> None:
+        self.driver = driver
+        self.key = key
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: object) -> None:
+        if isinstance(exc, Exception) and not isinstance(exc, StorageError):
+            raise self.driver._translate(exc, self.key) from exc
 
 
 async def _aclose(iterator: AsyncIterator[Any]) -> None:

@@ -8,13 +8,12 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
-from lexigram_storage.config import NamedStorageConfig, StorageMemoryConfig
+from lexigram_storage.config import StorageMemoryConfig, settings_from
 from lexigram_storage.drivers.base import BaseDriver, create_only_conflict
 from lexigram_storage.errors import StorageFileNotFoundError, unsupported
 from lexigram_storage.events import StorageEvents
 from lexigram_storage.models import ObjectInfo
 from lexigram_storage.payload import Payload, UploadPolicy
-from lexigram_storage.registry import DriverContext
 
 __all__ = ["MemoryDriver"]
 
@@ -56,14 +55,10 @@ class MemoryDriver(BaseDriver):
         events: StorageEvents | None = None,
     ) -> None:
         super().__init__(name=name, policy=policy, events=events)
-        self._bucket = bucket or self.name
+        self.settings = settings_from(StorageMemoryConfig, {"bucket": bucket}, backend=self.name)
+        self._bucket = self.settings.bucket or self.name
         self._objects: dict[str, _Object] = {}
         self._sorted: list[str] | None = None
-
-    @classmethod
-    def from_named(cls, entry: NamedStorageConfig, context: DriverContext) -> MemoryDriver:
-        block = entry.memory or StorageMemoryConfig()
-        return cls(bucket=block.bucket, name=entry.name, policy=context.policy)
 
     @property
     def bucket(self) -> str:

@@ -29,20 +29,26 @@ import io
 import math
 import zlib
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 from urllib.parse import quote, urlsplit
 
 from lexigram.contracts.infra.storage import StorageError
 from pydantic import SecretStr
 
-from lexigram_storage.config import EncryptionConfig, NamedStorageConfig, StorageS3Config
+from lexigram_storage.config import (
+    EncryptionConfig,
+    NamedStorageConfig,
+    StorageR2Config,
+    StorageS3Config,
+    settings_from,
+)
+from lexigram_storage.drivers._parts import PartRules, abort_upload, start_upload, upload
 from lexigram_storage.drivers.base import BaseDriver, await_to_end, create_only_conflict
 from lexigram_storage.errors import (
     PreconditionFailedError,
     StorageBucketNotFoundError,
-    StorageConfigurationError,
     StorageFileNotFoundError,
     StoragePermissionError,
     StorageRequestRejectedError,
@@ -50,9 +56,8 @@ from lexigram_storage.errors import (
     unsupported,
 )
 from lexigram_storage.events import StorageEvents
-from lexigram_storage.keys import validate_prefix
 from lexigram_storage.models import DirListing, ObjectInfo
-from lexigram_storage.payload import Payload, UploadPolicy, content_digest, digest_fd
+from lexigram_storage.payload import Payload, UploadPolicy
 from lexigram_storage.registry import DriverContext
 
 try:
@@ -221,7 +226,7 @@ class S3Driver(BaseDriver):
     """
 
     driver: ClassVar[str] = "s3"
-    default_region: ClassVar[str | None] = None
+    config_model: ClassVar[type[StorageS3Config]] = StorageS3Config
     default_checksum_mode: ClassVar[str] = "when_supported"
     #: CopyObject handles sources up to this size; bigger ones use a multipart copy
     max_single_copy: ClassVar[int] = MAX_PART_SIZE
@@ -252,44 +257,33 @@ class S3Driver(BaseDriver):
         name: str | None = None,
         policy: UploadPolicy | None = None,
         events: StorageEvents | None = None,
+        **more: Any,
     ) -> None:
         super().__init__(name=name, policy=policy, events=events)
-        if not bucket:
-            raise StorageConfigurationError("bucket is required", backend=self.name)
-        if (access_key is None) != (secret_key is None):
-            raise StorageConfigurationError("access_key and secret_key must be given together",
-                                            backend=self.name)
-        if addressing_style not in ("auto", "path", "virtual"):
-            raise StorageConfigurationError(
-                f"addressing_style must be auto, path or virtual, not {addressing_style!r}",
-                backend=self.name)
-        if max_attempts < 1 or max_concurrency < 1:
-            raise StorageConfigurationError("max_attempts and max_concurrency must be >= 1",
-                                            backend=self.name)
-        if multipart_chunk_size < MIN_PART_SIZE or multipart_chunk_size > MAX_PART_SIZE:
-            raise StorageConfigurationError("multipart_chunk_size must be between 5 MiB and 5 GiB",
-                                            backend=self.name)
-        if multipart_threshold < 1:
-            raise StorageConfigurationError("multipart_threshold must be positive",
-                                            backend=self.name)
-        self._bucket = bucket
-        self.region = region if region is not None else self.default_region
-        self.endpoint_url = endpoint_url.rstrip("/") if endpoint_url else None
-        self.multipart_threshold = multipart_threshold
-        self.multipart_chunk_size = multipart_chunk_size
-        self.public_url = public_url.rstrip("/") if public_url else None
-        self.addressing_style = addressing_style
-        self.connect_timeout = connect_timeout
-        self.read_timeout = read_timeout
-        self.max_attempts = max_attempts
-        self.retry_mode = retry_mode
-        self.max_concurrency = max_concurrency
-        self.checksum_mode = checksum_mode or self.default_checksum_mode
-        self._access_key = access_key
-        self._secret_key = SecretStr(_secret(secret_key) or "") if secret_key is not None else None
-        self._session_token = (SecretStr(_secret(session_token) or "")
-                               if session_token is not None else None)
-        self._sse = self._encryption_params(encryption, enable_encryption)
+        # the arguments are checked by the configuration model: the same rules as a config
+        # file (None = unset: the model's default applies, e.g. region "auto" on R2)
+        arguments = locals()
+        given = {k: v for k, v in arguments.items()
+                 if k in self.config_model.model_fields and v is not None}
+        settings = settings_from(self.config_model, {**given, **more}, backend=self.name)
+        self.settings = settings
+        self._bucket = settings.bucket
+        self.region = settings.region
+        self.endpoint_url = settings.endpoint_url.rstrip("/") if settings.endpoint_url else None
+        self.multipart_threshold = settings.multipart_threshold
+        self.multipart_chunk_size = settings.multipart_chunk_size
+        self.public_url = settings.public_url.rstrip("/") if settings.public_url else None
+        self.addressing_style = settings.addressing_style
+        self.connect_timeout = settings.connect_timeout
+        self.read_timeout = settings.read_timeout
+        self.max_attempts = settings.max_attempts
+        self.retry_mode = settings.retry_mode
+        self.max_concurrency = settings.max_concurrency
+        self.checksum_mode = settings.checksum_mode or self.default_checksum_mode
+        self._access_key = settings.access_key
+        self._secret_key = settings.secret_key
+        self._session_token = settings.session_token
+        self._sse = self._encryption_params(settings.encryption, enable_encryption)
         self._client: Any = None
         self._client_cm: Any = None
         self._client_lock: asyncio.Lock | None = None
@@ -297,42 +291,9 @@ class S3Driver(BaseDriver):
     # ------------------------------------------------------------------ construction
 
     @classmethod
-    def from_named(cls, entry: NamedStorageConfig, context: DriverContext) -> S3Driver:
-        if entry.driver == "r2":
-            if entry.r2 is None:
-                raise StorageConfigurationError("driver r2 needs an r2 block", backend=entry.name)
-            return R2Driver.from_config(entry.r2, context, name=entry.name)
-        if entry.s3 is None:
-            raise StorageConfigurationError("driver s3 needs an s3 block", backend=entry.name)
-        target = R2Driver if cls is R2Driver else S3Driver
-        return target.from_config(entry.s3, context, name=entry.name)
-
-    @classmethod
-    def from_config(cls, block: StorageS3Config, context: DriverContext | None = None, *,
-                    name: str | None = None) -> S3Driver:
-        """Build the driver from an ``s3:`` / ``r2:`` settings block."""
-        context = context or DriverContext()
-        return cls(
-            bucket=block.bucket,
-            region=block.region,
-            access_key=block.access_key,
-            secret_key=block.secret_key,
-            endpoint_url=block.endpoint_url,
-            multipart_threshold=block.multipart_threshold,
-            multipart_chunk_size=block.multipart_chunk_size,
-            encryption=block.encryption,
-            public_url=block.public_url,
-            addressing_style=block.addressing_style,
-            connect_timeout=block.connect_timeout,
-            read_timeout=block.read_timeout,
-            max_attempts=block.max_attempts,
-            retry_mode=block.retry_mode,
-            max_concurrency=block.max_concurrency,
-            session_token=block.session_token,
-            enable_encryption=context.enable_encryption,
-            name=name,
-            policy=context.policy,
-        )
+    def from_named(cls, entry: NamedStorageConfig, context: DriverContext) -> Self:
+        return cls.from_config(entry.driver_config(), name=entry.name, policy=context.policy,
+                               enable_encryption=context.enable_encryption)
 
     @staticmethod
     def _encryption_params(encryption: EncryptionConfig | None, force: bool) -> dict[str, str]:
@@ -419,12 +380,6 @@ class S3Driver(BaseDriver):
     def _map_error(self, exc: BaseException, key: str | None) -> StorageError | None:
         return map_s3_error(exc, self.name, self._bucket, key)
 
-    def _error(self, exc: BaseException, key: str | None) -> StorageError:
-        mapped = self._translate(exc, key)
-        if mapped is not exc:
-            mapped.__cause__ = exc
-        return mapped
-
     # ------------------------------------------------------------------ object info
 
     def _info_from_head(self, key: str, head: dict[str, Any]) -> ObjectInfo:
@@ -457,67 +412,26 @@ class S3Driver(BaseDriver):
 
     # ------------------------------------------------------------------ writing
 
+    @property
+    def part_rules(self) -> PartRules:
+        """How uploads are cut into parts (the shared upload engine's settings)."""
+        return PartRules(threshold=self.multipart_threshold, part_size=self.multipart_chunk_size,
+                         max_concurrency=self.max_concurrency, max_part_size=MAX_PART_SIZE,
+                         max_parts=MAX_PARTS,
+                         abort_timeout=self.connect_timeout + self.read_timeout)
+
     async def _write(self, key: str, payload: Payload) -> ObjectInfo:
         client = await self._get_client()
-        threshold = self.multipart_threshold
-        raw = payload.take_bytes()  # in-memory payloads: checked at once, digest known upfront
-        if raw is not None:
-            if len(raw) < threshold:
-                return await self._put_single(client, key, payload, raw)
-            return await self._multipart(client, key, payload, _nothing(), [raw],
-                                         digest=payload.etag)
-        hint = payload.size_hint
-        known_digest = None
-        chunks = payload.__aiter__()
-        buffered: list[bytes] = []
-        total = 0
-        try:
-            if hint is not None and hint >= threshold and payload.source_file is not None:
-                # an OS file is read (and hashed) a whole part per worker-thread hop
-                payload.chunk_size = max(payload.chunk_size, self._part_size(hint, 1))
-                job = _prehash_job(payload.source_file, hint)
-                if job is not None:
-                    known_digest, buffered = await self._hash_reading_ahead(job, chunks)
-                    total = sum(len(chunk) for chunk in buffered)
-            if hint is None or hint >= threshold:
-                # Buffer up to the threshold: a small stream of unknown size is one PutObject.
-                while total < threshold:
-                    chunk = await anext(chunks, None)
-                    if chunk is None:
-                        break
-                    buffered.append(chunk)
-                    total += len(chunk)
-                if total >= threshold:
-                    return await self._multipart(client, key, payload, chunks, buffered,
-                                                 digest=known_digest)
-            else:
-                buffered = [chunk async for chunk in chunks]
-        finally:
-            with contextlib.suppress(Exception):
-                await chunks.aclose()  # type: ignore[attr-defined]
-        # The payload is consumed and verified: commit it in one request.
-        body = buffered[0] if len(buffered) == 1 else b"".join(buffered)
-        return await self._put_single(client, key, payload, body)
 
-    async def _hash_reading_ahead(self, job: Callable[[], str | None],
-                                  chunks: AsyncIterator[bytes]) -> tuple[str | None, list[bytes]]:
-        """Run the pre-hash of a file (*job*, in a worker thread) while its first parts, at most
-        ``max_concurrency``, are read: they go out as soon as CreateMultipartUpload returns."""
-        prehash = asyncio.ensure_future(asyncio.to_thread(job))
-        ahead: list[bytes] = []
-        try:
-            while not prehash.done() and len(ahead) < self.max_concurrency:
-                chunk = await anext(chunks, None)
-                if chunk is None:
-                    break
-                ahead.append(chunk)
-            return await prehash, ahead
-        except BaseException:
-            prehash.cancel()  # the thread ends on its own (it only reads); its result is dropped
-            raise
+        async def put_whole(body: bytes) -> dict[str, Any]:
+            return await self._put_single(client, key, payload, body)
+
+        response = await upload(payload, self.part_rules, put_whole,
+                                _Multipart(self, client, key, payload))
+        return self._written_info(key, payload, response)
 
     async def _put_single(self, client: Any, key: str, payload: Payload, body: bytes
-                          ) -> ObjectInfo:
+                          ) -> dict[str, Any]:
         digest = payload.etag
         params = self._write_params(payload, digest)
         # the server checks the body against it (and skips botocore's default CRC32)
@@ -527,14 +441,13 @@ class S3Driver(BaseDriver):
         try:
             # the commit: once the request is sent the server may store the object, so the
             # call waits for the answer even if cancelled (the cancellation guarantee)
-            response = await await_to_end(
+            response: dict[str, Any] = await await_to_end(
                 client.put_object(Bucket=self._bucket, Key=key, Body=body, **params))
         except boto_exc.ClientError as exc:
-            if payload.request.create_only and (_code(exc) in ("PreconditionFailed", "412")
-                                                or _status(exc) == 412):
+            if payload.request.create_only and _is_precondition_failure(exc):
                 raise create_only_conflict(self.name, key) from exc
-            raise self._error(exc, key) from exc
-        return self._written_info(key, payload, response)
+            raise
+        return response
 
     def _written_info(self, key: str, payload: Payload, response: dict[str, Any]) -> ObjectInfo:
         request = payload.request
@@ -549,164 +462,6 @@ class S3Driver(BaseDriver):
             metadata=_user_metadata(request.metadata),
             cache_control=request.cache_control,
         )
-
-    def _part_size(self, size_hint: int | None, part_number: int) -> int:
-        """The size of part *part_number* (1-based): at least the configured size, big enough
-        for a known size to fit in 10,000 parts; for an unknown size it doubles every 900
-        parts (starting at 5 MiB, 10,000 parts hold more than S3's 5 TiB object limit)."""
-        size = self.multipart_chunk_size
-        if size_hint is not None:
-            size = max(size, math.ceil(size_hint / (MAX_PARTS - 1)))
-        else:
-            size <<= min((part_number - 1) // 900, 10)
-        return min(size, MAX_PART_SIZE)
-
-    async def _multipart(self, client: Any, key: str, payload: Payload,
-                         chunks: AsyncIterator[bytes], buffered: list[bytes],
-                         digest: str | None = None) -> ObjectInfo:
-        params = self._write_params(payload, digest)
-        try:
-            upload_id = await self._create_multipart(client, key, params)
-        except Exception as exc:
-            raise self._error(exc, key) from exc
-        parts: dict[int, str] = {}
-        in_flight: set[asyncio.Task[None]] = set()
-        hint = payload.size_hint
-
-        crc32 = self.checksum_mode == "when_supported"
-
-        async def send(number: int, pieces: list[bytes | memoryview]) -> None:
-            body, checksum = await asyncio.to_thread(_part_body, pieces, crc32)
-            pieces.clear()  # the body owns the only copy now
-            response = await client.upload_part(Bucket=self._bucket, Key=key, UploadId=upload_id,
-                                                PartNumber=number, Body=body, **checksum)
-            parts[number] = response["ETag"]
-
-        async def submit(number: int, pieces: list[bytes | memoryview]) -> None:
-            while len(in_flight) >= self.max_concurrency:
-                done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
-                in_flight.difference_update(done)
-                for task in done:
-                    task.result()  # re-raise the first part failure
-            if number > MAX_PARTS:
-                raise StorageError(f"{self.name}: upload needs more than {MAX_PARTS} parts")
-            in_flight.add(asyncio.ensure_future(send(number, pieces)))
-
-        # Incoming chunks are cut into parts (a chunk may end one part and start the next);
-        # a worker thread turns each part into the BytesIO that is sent (``_part_body``).
-        number = 1
-        part_size = self._part_size(hint, 1)
-        pending: list[bytes | memoryview] = []
-        pending_size = 0
-
-        async def flush() -> None:
-            nonlocal number, part_size, pending, pending_size
-            pieces, pending, pending_size = pending, [], 0
-            await submit(number, pieces)
-            number += 1
-            part_size = self._part_size(hint, number)
-
-        async def push(chunk: bytes) -> None:
-            nonlocal pending_size
-            view = memoryview(chunk)
-            pos, end = 0, len(chunk)
-            while pos < end:
-                take = min(part_size - pending_size, end - pos)
-                pending.append(view[pos:pos + take] if take < end else chunk)
-                pending_size += take
-                pos += take
-                if pending_size == part_size:
-                    await flush()
-
-        try:
-            for chunk in buffered:
-                await push(chunk)
-            buffered.clear()
-            async for chunk in chunks:
-                await push(chunk)
-            # the payload ended normally, so its size limit and checksum passed
-            if pending_size:
-                await flush()
-            if in_flight:
-                await asyncio.gather(*in_flight)
-                in_flight.clear()
-            # the commit: runs to its end even if the call is cancelled meanwhile
-            completed = await await_to_end(client.complete_multipart_upload(
-                Bucket=self._bucket, Key=key, UploadId=upload_id,
-                MultipartUpload={"Parts": [{"PartNumber": n, "ETag": parts[n]}
-                                           for n in sorted(parts)]},
-                **({"IfNoneMatch": "*"} if payload.request.create_only else {}),
-            ))
-        except BaseException as exc:
-            for task in in_flight:
-                task.cancel()
-            if in_flight:
-                await asyncio.gather(*in_flight, return_exceptions=True)
-            await self._abort(client, key, upload_id)
-            if isinstance(exc, boto_exc.ClientError):
-                if payload.request.create_only and _status(exc) == 412:
-                    raise create_only_conflict(self.name, key) from exc
-                raise self._error(exc, key) from exc
-            if isinstance(exc, Exception) and not isinstance(exc, StorageError):
-                raise self._error(exc, key) from exc
-            raise
-        if digest != payload.etag:
-            # The digest is known only now (a stream, or a file that changed while it was read):
-            # record it with a server-side copy onto itself, guarded so a concurrent writer's
-            # object is never touched. The object is stored: this runs to its end too.
-            await await_to_end(
-                self._record_digest(client, key, payload, str(completed.get("ETag", ""))))
-        return self._written_info(key, payload, {})
-
-    async def _create_multipart(self, client: Any, key: str, params: dict[str, Any]) -> str:
-        """CreateMultipartUpload; return the upload id. A cancellation while the request is in
-        flight waits for its answer and aborts the upload it created (the server may have
-        created it), so no orphaned upload is left; then ``CancelledError`` propagates."""
-        create = asyncio.ensure_future(
-            client.create_multipart_upload(Bucket=self._bucket, Key=key, **params))
-        try:
-            created = await asyncio.shield(create)
-        except asyncio.CancelledError:
-            with contextlib.suppress(Exception):
-                orphan = await await_to_end(create)
-                await self._abort(client, key, str(orphan["UploadId"]))
-            raise
-        return str(created["UploadId"])
-
-    async def _abort(self, client: Any, key: str, upload_id: str) -> None:
-        """Abort a multipart upload, even while the caller is being cancelled.
-
-        As AWS advises, the abort is repeated until ``ListParts`` says the upload is gone: a
-        part request that was still in flight can land after the first abort."""
-        async def abort_until_gone() -> None:
-            for attempt in range(4):
-                with contextlib.suppress(boto_exc.ClientError):
-                    await client.abort_multipart_upload(
-                        Bucket=self._bucket, Key=key, UploadId=upload_id)
-                try:
-                    await client.list_parts(Bucket=self._bucket, Key=key, UploadId=upload_id)
-                except boto_exc.ClientError:
-                    return  # NoSuchUpload: nothing left behind
-                await asyncio.sleep(0.05 * (attempt + 1))
-
-        task = asyncio.ensure_future(abort_until_gone())
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            with contextlib.suppress(BaseException):
-                await asyncio.wait_for(task, self.connect_timeout + self.read_timeout)
-            raise
-        except Exception:  # the upload expires by lifecycle rules; the original error wins
-            return
-
-    async def _record_digest(self, client: Any, key: str, payload: Payload, etag: str) -> None:
-        params = self._write_params(payload, payload.etag)
-        try:
-            await self._server_copy(client, key, key, payload.size, params, if_match=etag)
-        except boto_exc.ClientError as exc:
-            if _status(exc) == 412:  # someone overwrote it meanwhile: theirs now
-                return
-            raise self._error(exc, key) from exc
 
     async def _server_copy(self, client: Any, src: str, dst: str, size: int,
                            replace: dict[str, Any] | None, if_match: str | None = None
@@ -730,7 +485,9 @@ class S3Driver(BaseDriver):
                        "Metadata": dict(head.get("Metadata") or {}), **self._sse}
             if head.get("CacheControl"):
                 replace["CacheControl"] = head["CacheControl"]
-        upload_id = await self._create_multipart(client, dst, replace)
+        sink = _Multipart(self, client, dst, params=replace)
+        rules = self.part_rules
+        await start_upload(sink, None, rules)
         part = max(self.copy_part_size, math.ceil(size / (MAX_PARTS - 1)), MIN_PART_SIZE)
         ranges = [(i // part + 1, i, min(i + part, size) - 1) for i in range(0, size, part)]
         limit = asyncio.Semaphore(self.max_concurrency)
@@ -738,23 +495,17 @@ class S3Driver(BaseDriver):
 
         async def copy_part(number: int, first: int, last: int) -> None:
             async with limit:
-                response = await client.upload_part_copy(
-                    Bucket=self._bucket, Key=dst, UploadId=upload_id, PartNumber=number,
-                    CopySource=source, CopySourceRange=f"bytes={first}-{last}", **guard)
-            etags[number] = response["CopyPartResult"]["ETag"]
+                etags[number] = await sink.copy_part(number, source, first, last, guard)
 
         tasks = [asyncio.ensure_future(copy_part(*r)) for r in ranges]
         try:
             await asyncio.gather(*tasks)
-            return dict(await await_to_end(client.complete_multipart_upload(
-                Bucket=self._bucket, Key=dst, UploadId=upload_id,
-                MultipartUpload={"Parts": [{"PartNumber": n, "ETag": etags[n]}
-                                           for n in sorted(etags)]})))
+            return await await_to_end(sink.complete(sorted(etags.items()), False))
         except BaseException:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            await self._abort(client, dst, upload_id)
+            await abort_upload(sink, rules)
             raise
 
     # ------------------------------------------------------------------ reading
@@ -777,9 +528,7 @@ class S3Driver(BaseDriver):
         except boto_exc.ClientError as exc:
             if _code(exc) == "InvalidRange" or _status(exc) == 416:
                 return  # the object exists; the range starts at or past its end
-            raise self._error(exc, key) from exc
-        except Exception as exc:
-            raise self._error(exc, key) from exc
+            raise
         body = response["Body"]
         async with body:
             async for chunk in body.iter_chunks(chunk_size):
@@ -788,12 +537,9 @@ class S3Driver(BaseDriver):
 
     async def _read_all(self, key: str) -> bytes:
         client = await self._get_client()
-        try:
-            response = await client.get_object(Bucket=self._bucket, Key=key)
-            async with response["Body"] as body:
-                data: bytes = await body.read()
-        except Exception as exc:
-            raise self._error(exc, key) from exc
+        response = await client.get_object(Bucket=self._bucket, Key=key)
+        async with response["Body"] as body:
+            data: bytes = await body.read()
         return data
 
     async def _head(self, key: str) -> ObjectInfo | None:
@@ -803,7 +549,7 @@ class S3Driver(BaseDriver):
         except boto_exc.ClientError as exc:
             if _code(exc) in _NOT_FOUND or _status(exc) == 404:
                 return None
-            raise self._error(exc, key) from exc
+            raise
         return self._info_from_head(key, head)
 
     # ------------------------------------------------------------------ deleting
@@ -812,10 +558,7 @@ class S3Driver(BaseDriver):
         if await self._head(key) is None:
             return False
         client = await self._get_client()
-        try:
-            await client.delete_object(Bucket=self._bucket, Key=key)
-        except Exception as exc:
-            raise self._error(exc, key) from exc
+        await client.delete_object(Bucket=self._bucket, Key=key)
         return True
 
     async def _delete_many(self, keys: Sequence[str]) -> tuple[list[str], dict[str, str]]:
@@ -823,12 +566,9 @@ class S3Driver(BaseDriver):
         failed: dict[str, str] = {}
         for start in range(0, len(keys), 1000):
             batch = keys[start:start + 1000]
-            try:
-                response = await client.delete_objects(
-                    Bucket=self._bucket,
-                    Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True})
-            except Exception as exc:
-                raise self._error(exc, batch[0]) from exc
+            response = await client.delete_objects(
+                Bucket=self._bucket,
+                Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True})
             for error in response.get("Errors") or []:
                 failed[str(error.get("Key"))] = (f"{error.get('Code', 'Error')}: "
                                                  f"{error.get('Message', '')}").strip()
@@ -864,19 +604,26 @@ class S3Driver(BaseDriver):
         async for page in paginator.paginate(Bucket=self._bucket, **params):
             yield page
 
-    async def _list(self, prefix: str, start_after: str | None) -> AsyncIterator[ObjectInfo]:
-        client = await self._get_client()
+    async def _summaries(self, client: Any, prefix: str, start_after: str | None
+                         ) -> AsyncIterator[dict[str, Any]]:
+        """The listed objects (key, size, ETag: no content type or metadata), page by page."""
         params: dict[str, Any] = {"Prefix": prefix}
         if start_after is not None and start_after >= prefix:
             params["StartAfter"] = start_after
+        async for page in self._pages(client, **params):
+            for item in page.get("Contents") or []:
+                yield item
 
-        async def summaries() -> AsyncIterator[dict[str, Any]]:
-            async for page in self._pages(client, **params):
-                for item in page.get("Contents") or []:
-                    yield item
-
-        async for info in self._full_infos(client, summaries()):
+    async def _list(self, prefix: str, start_after: str | None) -> AsyncIterator[ObjectInfo]:
+        client = await self._get_client()
+        async for info in self._full_infos(client, self._summaries(client, prefix, start_after)):
             yield info
+
+    async def _list_keys(self, prefix: str, start_after: str | None) -> AsyncIterator[str]:
+        """Keys from the listing alone (``_list`` HEADs every object for its details)."""
+        client = await self._get_client()
+        async for item in self._summaries(client, prefix, start_after):
+            yield str(item["Key"])
 
     async def _list_dir(self, prefix: str, delimiter: str) -> DirListing:
         client = await self._get_client()
@@ -893,30 +640,6 @@ class S3Driver(BaseDriver):
         files = [info async for info in self._full_infos(client, summaries())]
         return DirListing(files=files, prefixes=sorted(set(prefixes)))
 
-    async def clear(self, prefix: str = "") -> int:
-        """Delete every object whose key starts with *prefix*; return how many.
-
-        Lists keys only (1000 per request) and deletes each page with one DeleteObjects,
-        where ``list()`` would HEAD every object for its content type and metadata."""
-        validate_prefix(prefix, self.name)
-        client = await self._get_client()
-        total = 0
-        params: dict[str, Any] = {"Bucket": self._bucket, "Prefix": prefix}
-        try:
-            while True:
-                page = await client.list_objects_v2(**params)
-                keys = [str(item["Key"]) for item in page.get("Contents") or []]
-                if not keys:
-                    return total
-                total += len(await self.delete_many(keys))
-                if not page.get("IsTruncated"):
-                    return total
-                params["StartAfter"] = keys[-1]  # not the token: the listed keys are gone now
-        except StorageError:
-            raise
-        except Exception as exc:
-            self._fail(exc, prefix)
-
     # ------------------------------------------------------------------ copy and move
 
     async def _copy(self, src: str, dst: str) -> ObjectInfo:
@@ -924,10 +647,7 @@ class S3Driver(BaseDriver):
         if head is None:
             raise StorageFileNotFoundError(backend=self.name, key=src)
         client = await self._get_client()
-        try:
-            response = await self._server_copy(client, src, dst, head.size, None)
-        except boto_exc.ClientError as exc:
-            raise self._error(exc, src) from exc
+        response = await self._server_copy(client, src, dst, head.size, None)
         result = response.get("CopyObjectResult") or {}
         modified = result.get("LastModified")
         return ObjectInfo(
@@ -981,8 +701,96 @@ class S3Driver(BaseDriver):
             await client.head_bucket(Bucket=self._bucket)
         except Exception as exc:
             mapped = map_s3_error(exc, self.name, self._bucket, None, bucket_request=True)
-            raise (mapped or self._error(exc, None)) from exc
+            if mapped is None:
+                raise
+            raise mapped from exc
         return {"endpoint": self.endpoint_url or "aws", "region": self.region}
+
+
+class _Multipart:
+    """One S3 multipart upload: the upload engine's part sink, four SDK calls (plus the part
+    copies of a multipart copy and the self-copy recording a digest known only at the end)."""
+
+    def __init__(self, driver: S3Driver, client: Any, key: str, payload: Payload | None = None,
+                 params: dict[str, Any] | None = None) -> None:
+        self.driver = driver
+        self.client = client
+        self.bucket = driver.bucket
+        self.key = key
+        self.payload = payload
+        self.params = params
+        self.upload_id: str | None = None
+
+    async def start(self, digest: str | None) -> None:
+        params = self.params
+        if params is None:
+            assert self.payload is not None
+            params = self.driver._write_params(self.payload, digest)
+        created = await self.client.create_multipart_upload(Bucket=self.bucket, Key=self.key,
+                                                            **params)
+        self.upload_id = str(created["UploadId"])
+
+    async def put_part(self, number: int, pieces: list[bytes | memoryview]) -> str:
+        crc32 = self.driver.checksum_mode == "when_supported"
+        body, checksum = await asyncio.to_thread(_part_body, pieces, crc32)
+        pieces.clear()  # the body owns the only copy now
+        response = await self.client.upload_part(Bucket=self.bucket, Key=self.key,
+                                                 UploadId=self.upload_id, PartNumber=number,
+                                                 Body=body, **checksum)
+        return str(response["ETag"])
+
+    async def copy_part(self, number: int, source: dict[str, str], first: int, last: int,
+                        guard: dict[str, str]) -> str:
+        response = await self.client.upload_part_copy(
+            Bucket=self.bucket, Key=self.key, UploadId=self.upload_id, PartNumber=number,
+            CopySource=source, CopySourceRange=f"bytes={first}-{last}", **guard)
+        return str(response["CopyPartResult"]["ETag"])
+
+    async def complete(self, parts: list[tuple[int, str]], create_only: bool
+                       ) -> dict[str, Any]:
+        try:
+            response = await self.client.complete_multipart_upload(
+                Bucket=self.bucket, Key=self.key, UploadId=self.upload_id,
+                MultipartUpload={"Parts": [{"PartNumber": n, "ETag": etag} for n, etag in parts]},
+                **({"IfNoneMatch": "*"} if create_only else {}))
+        except boto_exc.ClientError as exc:
+            if create_only and _is_precondition_failure(exc):
+                raise create_only_conflict(self.driver.name, self.key) from exc
+            raise
+        return dict(response)
+
+    async def abort(self) -> None:
+        """Abort the upload. As AWS advises, the abort is repeated until ``ListParts`` says
+        the upload is gone: a part request still in flight can land after an abort."""
+        if self.upload_id is None:
+            return
+        for attempt in range(4):
+            with contextlib.suppress(boto_exc.ClientError):
+                await self.client.abort_multipart_upload(Bucket=self.bucket, Key=self.key,
+                                                         UploadId=self.upload_id)
+            try:
+                await self.client.list_parts(Bucket=self.bucket, Key=self.key,
+                                             UploadId=self.upload_id)
+            except boto_exc.ClientError:
+                return  # NoSuchUpload: nothing left behind
+            await asyncio.sleep(0.05 * (attempt + 1))
+
+    async def record_digest(self, result: dict[str, Any], digest: str) -> None:
+        """A server-side copy of the object onto itself with the digest in its metadata,
+        guarded by its ETag so a concurrent writer's object is never touched."""
+        assert self.payload is not None
+        params = self.driver._write_params(self.payload, digest)
+        try:
+            await self.driver._server_copy(self.client, self.key, self.key, self.payload.size,
+                                           params, if_match=str(result.get("ETag", "")))
+        except boto_exc.ClientError as exc:
+            if _status(exc) == 412:  # someone overwrote it meanwhile: theirs now
+                return
+            raise
+
+
+def _is_precondition_failure(exc: boto_exc.ClientError) -> bool:
+    return _code(exc) in ("PreconditionFailed", "412") or _status(exc) == 412
 
 
 def _user_metadata(metadata: dict[str, str]) -> dict[str, str]:
@@ -990,38 +798,6 @@ def _user_metadata(metadata: dict[str, str]) -> dict[str, str]:
     if not metadata:
         return {}
     return {k: v for k, v in metadata.items() if k not in _RESERVED_METADATA}
-
-
-def _prehash_job(source: Any, size: int) -> Callable[[], str | None] | None:
-    """A blocking function returning the hex SHA-256 of the next *size* bytes of a file without
-    moving its position (``os.pread``; ``None`` when the file ends early or cannot be read that
-    way), or ``None`` when the file offers no such access. The position is taken now, before
-    anything reads the file. Knowing the digest before ``CreateMultipartUpload`` saves the
-    server-side copy that records it afterwards."""
-    try:
-        position = int(source.tell())
-    except (AttributeError, OSError, ValueError):
-        return None
-    try:
-        fd = source.fileno()
-    except (AttributeError, OSError, ValueError):
-        getbuffer = getattr(source, "getbuffer", None)  # io.BytesIO
-        if getbuffer is None:
-            return None
-
-        def from_buffer() -> str | None:
-            with getbuffer() as view, view[position:position + size] as window:
-                return content_digest(window)
-
-        return from_buffer
-
-    def from_fd() -> str | None:
-        try:
-            return digest_fd(fd, position, size)
-        except OSError:
-            return None
-
-    return from_fd
 
 
 def _part_body(pieces: list[bytes | memoryview], crc32: bool
@@ -1047,23 +823,10 @@ def _part_body(pieces: list[bytes | memoryview], crc32: bool
                   "ChecksumCRC32": base64.b64encode(value.to_bytes(4, "big")).decode()}
 
 
-async def _nothing() -> AsyncIterator[bytes]:
-    return
-    yield b""  # pragma: no cover
-
-
 class R2Driver(S3Driver):
     """Cloudflare R2: the S3 driver with R2's rules (endpoint required, region ``auto``,
     SigV4, request/response checksums only when required)."""
 
     driver: ClassVar[str] = "r2"
-    default_region: ClassVar[str | None] = "auto"
+    config_model: ClassVar[type[StorageS3Config]] = StorageR2Config
     default_checksum_mode: ClassVar[str] = "when_required"
-
-    def __init__(self, bucket: str, *args: Any, **kwargs: Any) -> None:
-        super().__init__(bucket, *args, **kwargs)
-        if not self.endpoint_url:
-            raise StorageConfigurationError(
-                "r2 needs endpoint_url (https://<account_id>.r2.cloudflarestorage.com)",
-                backend=self.name)
-
