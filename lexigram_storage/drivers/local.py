@@ -96,12 +96,12 @@ Speed, and what runs on the event loop
     whose threads hand results back with a single ``call_soon_threadsafe``.
 
 Serving presigned URLs
-    ``get_presigned_url`` returns ``<base_url>/<quoted key>?method=GET&expires=<unix>&signature=
-    <hex HMAC-SHA256>`` (the expiry rounded up to the second: valid for at least
-    ``expires_in``). A web app mounts a route on ``base_url``'s path, passes the full request
-    URL and method to ``LocalDriver.verify_presigned_url(url, method)``, which returns the key or
-    raises ``StoragePermissionError`` (for any URL it did not sign, however malformed), and then
-    answers with ``store.stream(key)`` (GET) or ``store.upload(key, request_body_stream)`` (PUT).
+    ``get_presigned_url`` and ``verify_presigned_url`` are ``drivers/_signing.py`` (HMAC-SHA256
+    under ``signing_key``): a web app mounts a route on ``base_url``'s path, passes the full
+    request URL and method to ``LocalDriver.verify_presigned_url(url, method)``, which returns
+    the key or raises ``StoragePermissionError`` (for any URL it did not sign, however
+    malformed), and then answers with ``store.stream(key)`` (GET) or
+    ``store.upload(key, request_body_stream)`` (PUT).
 """
 
 from __future__ import annotations
@@ -109,14 +109,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import hashlib
 import heapq
-import hmac
 import itertools
 import json
-import math
 import os
-import re
 import secrets
 import stat
 import struct
@@ -128,13 +124,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from lexigram.contracts.infra.storage import StorageError
 from pydantic import SecretStr
 
 from lexigram_storage.config import NamedStorageConfig, StorageLocalConfig
-from lexigram_storage.drivers import _fs
+from lexigram_storage.drivers import _fs, _signing
 from lexigram_storage.drivers._fs import Escape as _Escape
 from lexigram_storage.drivers._fs import portable as _portable
 from lexigram_storage.drivers._fs.linux import OPENAT2 as _openat2
@@ -146,11 +141,9 @@ from lexigram_storage.errors import (
     InvalidPathError,
     StorageBootError,
     StorageFileNotFoundError,
-    StoragePermissionError,
     unsupported,
 )
 from lexigram_storage.events import StorageEvents
-from lexigram_storage.keys import validate_key
 from lexigram_storage.models import ObjectInfo
 from lexigram_storage.payload import Payload, UploadPolicy, digest_fd, guess_content_type
 from lexigram_storage.registry import DriverContext
@@ -180,9 +173,6 @@ _XATTR_UNSUPPORTED = {errno.ENOTSUP, getattr(errno, "EOPNOTSUPP", errno.ENOTSUP)
 _SIGN_HINT = ("Set a signing key: LocalDriver(signing_key=...), or in configuration "
               "storage.drivers.local.signing_key / the environment variable "
               "LEX_STORAGE__DRIVERS__LOCAL__SIGNING_KEY.")
-_PRESIGN_METHODS = ("GET", "PUT")
-_EXPIRES = re.compile(r"[1-9][0-9]{0,15}")  # ASCII digits: a unix time, no sign, no padding
-_SIGNATURE = re.compile(r"[0-9a-f]{64}")  # hex HMAC-SHA256, as signed
 _counter = itertools.count()
 
 
@@ -316,9 +306,7 @@ class LocalDriver(BaseDriver):
         self._sidecars = Sidecars(self._meta_dir, self._staging_name)
         self._internal_real = os.path.join(self._real, INTERNAL_DIR)
         self.base_url = base_url.rstrip("/")
-        if isinstance(signing_key, SecretStr):
-            signing_key = signing_key.get_secret_value()
-        self._signing_key: bytes | None = signing_key.encode() if signing_key else None
+        self._signing_key = _signing.secret_bytes(signing_key)
         self.fsync = fsync
         self._mode = 0o666 & ~_umask()
         self._xattrs: bool | None = None if self._fs.xattrs else False  # None: not probed yet
@@ -1404,12 +1392,7 @@ class LocalDriver(BaseDriver):
     # ------------------------------------------------------------------ URLs
 
     def _url(self, key: str) -> str:
-        return f"{self.base_url}/{quote(key, safe='/')}"
-
-    def _signature(self, method: str, key: str, expires: int) -> str:
-        assert self._signing_key is not None
-        message = f"{method}\n{key}\n{expires}".encode()
-        return hmac.new(self._signing_key, message, hashlib.sha256).hexdigest()
+        return _signing.object_url(self.base_url, key)
 
     async def _presign(self, key: str, expires_in: timedelta, method: str,
                        options: dict[str, Any]) -> str:
@@ -1417,60 +1400,18 @@ class LocalDriver(BaseDriver):
             raise unsupported(self.name, "get_presigned_url without a signing_key", hint=_SIGN_HINT)
         if options:
             raise TypeError(f"{self.name}: unknown presign option(s) {sorted(options)}")
-        # whole seconds, rounded up: the URL is valid for at least expires_in (< 1 s more)
-        expires = math.ceil(time.time() + expires_in.total_seconds())
-        signature = self._signature(method, key, expires)
-        return f"{self._url(key)}?method={method}&expires={expires}&signature={signature}"
+        return _signing.presign(self._signing_key, self.base_url, key, method, expires_in)
 
     def verify_presigned_url(self, url: str, method: str = "GET") -> str:
         """Check a URL made by ``get_presigned_url`` for *method*; return its key.
 
         Raises ``StoragePermissionError`` for every URL that is not one this driver signed for
         *method* and that has not expired: malformed, altered or truncated in any way, signed
-        with another key or for another method, or expired."""
+        with another key or for another method, or expired (see ``drivers/_signing.py``)."""
         if self._signing_key is None:
             raise unsupported(self.name, "verify_presigned_url without a signing_key",
                               hint=_SIGN_HINT)
-        key: str | None = None
-
-        def refused(reason: str) -> StoragePermissionError:
-            return StoragePermissionError(f"presigned URL {reason}", backend=self.name, key=key)
-
-        try:
-            parts = urlsplit(url)
-            base_path = urlsplit(self.base_url).path.rstrip("/") + "/"
-            if not parts.path.startswith(base_path):
-                raise refused("is not under this backend's base_url")
-            key = unquote(parts.path[len(base_path):], errors="strict")
-            query = parse_qs(parts.query, keep_blank_values=True, errors="strict")
-        except (ValueError, UnicodeError) as exc:  # bad percent-encoding, bad netloc, ...
-            raise refused("is malformed") from exc
-
-        def one(name: str) -> str:
-            values = query.get(name)
-            if not values or len(values) != 1:
-                raise refused(f"without a single {name!r}")
-            return values[0]
-
-        signed_method, expires_text, signature = one("method"), one("expires"), one("signature")
-        if (signed_method not in _PRESIGN_METHODS or not _EXPIRES.fullmatch(expires_text)
-                or not _SIGNATURE.fullmatch(signature)):
-            raise refused("is malformed")
-        try:
-            expected = self._signature(signed_method, key, int(expires_text))
-        except UnicodeError as exc:  # a key that is no text (lone surrogates)
-            raise refused("is malformed") from exc
-        if not hmac.compare_digest(expected, signature):
-            raise refused("signature does not match")
-        if signed_method != method.upper():
-            raise refused(f"was signed for {signed_method}, not {method.upper()}")
-        if int(expires_text) < time.time():
-            raise refused("has expired")
-        try:  # (a key signed before the key rule changed)
-            validate_key(key, self.name)
-        except InvalidPathError as exc:
-            raise refused("names a key this driver no longer accepts") from exc
-        return key
+        return _signing.verify(self._signing_key, self.base_url, url, method, self.name)
 
     # ------------------------------------------------------------------ health and errors
 
