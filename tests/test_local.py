@@ -24,8 +24,8 @@ from lexigram.contracts.infra.storage import StorageError, StorageUnsupportedOpe
 from pydantic import SecretStr
 
 from lexigram_storage.config import NamedStorageConfig, StorageLocalConfig
-from lexigram_storage.drivers import local
 from lexigram_storage.drivers.local import INTERNAL_DIR, LocalDriver
+from lexigram_storage.drivers.local import driver as local
 from lexigram_storage.errors import (
     InvalidPathError,
     PreconditionFailedError,

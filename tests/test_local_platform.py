@@ -21,9 +21,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from lexigram_storage.drivers import local
-from lexigram_storage.drivers._fs import Platform, darwin, linux, portable
 from lexigram_storage.drivers.local import INTERNAL_DIR, LocalDriver
+from lexigram_storage.drivers.local import driver as local
+from lexigram_storage.drivers.local.platforms import Platform, darwin, linux, portable
 from lexigram_storage.errors import InvalidPathError, StoragePermissionError
 
 MiB = 1024 * 1024

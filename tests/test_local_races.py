@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from lexigram_storage.drivers import local
 from lexigram_storage.drivers.local import INTERNAL_DIR, LocalDriver
+from lexigram_storage.drivers.local import driver as local
 from lexigram_storage.models import ObjectInfo
 from tests.support import staging, user_files
 

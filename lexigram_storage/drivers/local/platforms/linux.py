@@ -12,7 +12,7 @@ import os
 import sys
 from typing import Any
 
-from lexigram_storage.drivers._fs.common import Platform
+from lexigram_storage.drivers.local.platforms.common import Platform
 
 __all__ = ["AVAILABLE", "OPENAT2", "PLATFORM", "fd_path", "open_cached", "pread_nowait"]
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import os
 
-from lexigram_storage.drivers._fs import darwin, linux, portable
-from lexigram_storage.drivers._fs.common import Escape, Platform
+from lexigram_storage.drivers.local.platforms import darwin, linux, portable
+from lexigram_storage.drivers.local.platforms.common import Escape, Platform
 
 __all__ = ["PORTABLE_ENV", "Escape", "Platform", "portable_requested", "select"]
 

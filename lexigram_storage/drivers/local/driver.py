@@ -129,14 +129,15 @@ from lexigram.contracts.infra.storage import StorageError
 from pydantic import SecretStr
 
 from lexigram_storage.config import NamedStorageConfig, StorageLocalConfig
-from lexigram_storage.drivers import _fs, _signing
-from lexigram_storage.drivers._fs import Escape as _Escape
-from lexigram_storage.drivers._fs import portable as _portable
-from lexigram_storage.drivers._fs.linux import OPENAT2 as _openat2
-from lexigram_storage.drivers._fs.linux import open_cached as _open_cached
-from lexigram_storage.drivers._fs.linux import pread_nowait as _pread_nowait
-from lexigram_storage.drivers._fs.sidecar import Sidecars
+from lexigram_storage.drivers import _signing
 from lexigram_storage.drivers.base import BaseDriver, create_only_conflict
+from lexigram_storage.drivers.local import platforms as _fs
+from lexigram_storage.drivers.local.platforms import Escape as _Escape
+from lexigram_storage.drivers.local.platforms import portable as _portable
+from lexigram_storage.drivers.local.platforms.linux import OPENAT2 as _openat2
+from lexigram_storage.drivers.local.platforms.linux import open_cached as _open_cached
+from lexigram_storage.drivers.local.platforms.linux import pread_nowait as _pread_nowait
+from lexigram_storage.drivers.local.sidecar import Sidecars
 from lexigram_storage.errors import (
     InvalidPathError,
     StorageBootError,

@@ -12,7 +12,7 @@ import os
 import stat
 from collections.abc import Sequence
 
-from lexigram_storage.drivers._fs.common import Escape, Platform
+from lexigram_storage.drivers.local.platforms.common import Escape, Platform
 
 __all__ = ["PLATFORM", "open_dir", "open_in"]
 
