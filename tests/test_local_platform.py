@@ -21,9 +21,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from lexigram_storage.drivers.local import INTERNAL_DIR, LocalDriver
-from lexigram_storage.drivers.local import driver as local
-from lexigram_storage.drivers.local.platforms import Platform, darwin, linux, portable
+from lexigram_storage.drivers.local import INTERNAL_DIR, LocalDriver, fastpath, threads
+from lexigram_storage.drivers.local.platforms import Escape, Platform, darwin, linux, portable
 from lexigram_storage.errors import InvalidPathError, StoragePermissionError
 
 MiB = 1024 * 1024
@@ -42,9 +41,9 @@ def strategies() -> list[Platform]:
 
 def driver_with(root: Path, platform: Platform, **kwargs: Any) -> LocalDriver:
     driver = LocalDriver(root, portable=False, **kwargs)
-    driver._fs = platform
-    driver._tmpfile = platform.tmpfile
-    driver._xattrs = None if platform.xattrs else False
+    driver._tree.platform = platform
+    driver._temps.tmpfile = platform.tmpfile
+    driver._meta.xattrs = None if platform.xattrs else False
     return driver
 
 
@@ -167,7 +166,7 @@ def test_the_real_path_check_shared_by_fd_path_strategies(tmp_path: Path) -> Non
         return reported[fd]
 
     store = driver_with(tmp_path / "root", Platform("stand-in", fd_path))
-    root = store._real
+    root = store._tree.real
     cases = {
         root: True,
         f"{root}/a": True,
@@ -183,15 +182,15 @@ def test_the_real_path_check_shared_by_fd_path_strategies(tmp_path: Path) -> Non
     for i, (path, allowed) in enumerate(cases.items()):
         reported[i] = path
         if allowed:
-            store._check_fd(i, "k")
+            store._tree.check_fd(i, "k")
         else:
-            with pytest.raises(local._Escape):
-                store._check_fd(i, "k")
-    with pytest.raises(local._Escape):
-        store._check_fd(12345, "k")  # the lookup fails: refused, never passed
+            with pytest.raises(Escape):
+                store._tree.check_fd(i, "k")
+    with pytest.raises(Escape):
+        store._tree.check_fd(12345, "k")  # the lookup fails: refused, never passed
     walker = driver_with(tmp_path / "root", portable.PLATFORM)
-    with pytest.raises(local._Escape):
-        walker._check_fd(0, "k")  # a strategy that cannot tell: refused
+    with pytest.raises(Escape):
+        walker._tree.check_fd(0, "k")  # a strategy that cannot tell: refused
 
 
 @pytest.mark.local_modes("native")
@@ -250,11 +249,11 @@ def test_strategy_selection(tmp_path: Path, local_mode: str) -> None:
     """One switch: the environment (or portable=True) picks the portable pieces."""
     store = LocalDriver(tmp_path / "root")
     if local_mode == "portable":
-        assert store._fs is portable.PLATFORM
+        assert store._tree.platform is portable.PLATFORM
     elif linux.AVAILABLE:
-        assert store._fs is linux.PLATFORM
-    assert LocalDriver(tmp_path / "root", portable=True)._fs is portable.PLATFORM
-    assert LocalDriver(tmp_path / "root", portable=False)._fs is not portable.PLATFORM or not (
+        assert store._tree.platform is linux.PLATFORM
+    assert LocalDriver(tmp_path / "root", portable=True)._tree.platform is portable.PLATFORM
+    assert LocalDriver(tmp_path / "root", portable=False)._tree.platform is not portable.PLATFORM or not (
         linux.AVAILABLE or darwin.AVAILABLE)
 
 
@@ -277,7 +276,7 @@ async def test_portable_mode_uses_no_linux_path(tmp_path: Path, local_mode: str,
     for name in ("setxattr", "getxattr", "readlink", "preadv"):
         if hasattr(os, name):
             monkeypatch.setattr(os, name, wire(name, getattr(os, name)))
-    monkeypatch.setattr(local, "_open_cached", wire("openat2", local._open_cached))
+    monkeypatch.setattr(fastpath, "open_cached", wire("openat2", fastpath.open_cached))
     real_open, real_link = os.open, os.link
     tmpfile = getattr(os, "O_TMPFILE", 0)
 
@@ -324,7 +323,7 @@ async def test_portable_mode_uses_no_linux_path(tmp_path: Path, local_mode: str,
         await upload
         await store.delete("b.bin")
         if local_mode == "portable":
-            assert store._fs.name == "portable"
+            assert store._tree.platform.name == "portable"
             assert tripped == set()
             assert [t for t in temps if t.endswith(".tmp")]  # a named temp file
             assert "user.lexigram" not in os.listxattr(root / "m" / "a.txt")
@@ -335,7 +334,7 @@ async def test_portable_mode_uses_no_linux_path(tmp_path: Path, local_mode: str,
         elif linux.AVAILABLE:
             assert temps == []  # O_TMPFILE: unnamed
             expected = {"setxattr", "getxattr", "readlink", "O_TMPFILE", "/proc/self/fd"}
-            if local._openat2 is not None:
+            if fastpath._openat2 is not None:
                 expected |= {"openat2", "preadv"}
             assert expected <= tripped
 
@@ -347,7 +346,7 @@ def sidecar_driver(root: Path, kind: str) -> LocalDriver:
     if kind == "portable":
         return LocalDriver(root, portable=True)
     driver = LocalDriver(root, portable=False)
-    driver._xattrs = False  # a Linux filesystem without user xattrs
+    driver._meta.xattrs = False  # a Linux filesystem without user xattrs
     return driver
 
 
@@ -411,7 +410,7 @@ async def test_sidecars_follow_their_objects(tmp_path: Path, kind: str) -> None:
         orphan = root / INTERNAL_DIR / "staging" / "999999999-dead-1.tmp"
         orphan.write_bytes(b"orphan")
         st = os.stat(orphan)
-        store._sidecars.write(os.open(orphan, os.O_RDONLY), b"{}", str(orphan))
+        store._meta.sidecars.write(os.open(orphan, os.O_RDONLY), b"{}", str(orphan))
         assert len(sidecar_files(root)) == 6
         await store.prepare()
         assert sidecar_files(root) == sidecars_of(root, "a", "c/d")
@@ -427,7 +426,7 @@ async def test_first_use_from_many_threads_prepares_once(tmp_path: Path) -> None
     """Concurrent uploads to a never-prepared driver, every worker thread starting at once:
     1,500 uploads in 30 rounds (before: 20-35 of 1,500 failed with StorageBootError "File exists
     (.../<pid>-<hex>-probe)": each thread prepared the driver, with the same probe file)."""
-    pool = local._pool()
+    pool = threads.pool()
     for attempt in range(30):
         store = LocalDriver(tmp_path / f"root{attempt}")
         gate = threading.Event()
