@@ -1,5 +1,6 @@
 """LocalDriver on every platform: path confinement per strategy, the portable switch, sidecar
-metadata under concurrency, first use from many threads, and hostile presigned URLs.
+metadata under concurrency, first use from many threads, one thread pool for every blocking
+call, and hostile presigned URLs.
 
 The macOS strategy (``fcntl(F_GETPATH)``) cannot run on Linux. It differs from Linux's only in
 the call that tells where an fd lies, so it is tested here as "fd-path only": Linux's
@@ -10,22 +11,27 @@ stand-in for the call. The portable walk runs for real."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import os
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from lexigram.contracts.core.health import HealthStatus
 
 from lexigram_storage.drivers.local import INTERNAL_DIR, LocalDriver, fastpath, threads
 from lexigram_storage.drivers.local.platforms import Escape, Platform, darwin, linux, portable
 from lexigram_storage.errors import InvalidPathError, StoragePermissionError
 
 MiB = 1024 * 1024
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 def strategies() -> list[Platform]:
@@ -450,6 +456,71 @@ async def test_two_drivers_on_one_root_prepare_at_once(tmp_path: Path) -> None:
     await asyncio.gather(*(d.prepare() for d in drivers for _ in range(5)))
     await asyncio.gather(*(d.upload(f"k{i}", b"x") for i, d in enumerate(drivers)))
     assert os.listdir(tmp_path / "root" / INTERNAL_DIR / "staging") == []
+
+
+# ---------------------------------------------------------------------------- one thread pool
+
+
+class _RecordingExecutor(ThreadPoolExecutor):
+    """An event loop's default executor that records every job it is given."""
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=2, thread_name_prefix="default-executor")
+        self.jobs: list[str] = []
+
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
+        self.jobs.append(getattr(fn, "__qualname__", repr(fn)))
+        return super().submit(fn, *args, **kwargs)
+
+
+async def test_every_blocking_call_runs_in_the_driver_pool(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    """Uploads (bytes, streams), downloads, streams (with their read-ahead), info, copy, move,
+    listings, deletes and the health probe never use the event loop's default executor: every
+    blocking call runs in a thread of the driver's one pool (before: a stream's read-ahead ran
+    in the default executor), or on the loop where it cannot block (cached reads)."""
+    loop = asyncio.get_running_loop()
+    default = _RecordingExecutor()
+    loop.set_default_executor(default)
+    ran_in: dict[str, set[str]] = {}  # os function -> names of the threads that called it
+
+    def record(name: str, real: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(real)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            ran_in.setdefault(name, set()).add(threading.current_thread().name)
+            return real(*args, **kwargs)
+        return call
+
+    store = LocalDriver(tmp_path / "root")  # (the constructor looks up the root's real path)
+    for name in ("open", "pread", "read", "write", "writev", "link", "rename", "unlink",
+                 "scandir", "mkdir", "rmdir"):
+        monkeypatch.setattr(os, name, record(name, getattr(os, name)))
+    big = os.urandom(3 * MiB + 5)
+    async with store:
+        await store.upload("a/small.txt", b"small")
+        await store.upload("a/big.bin", chunks(*(big[i:i + 64 * 1024]
+                                                  for i in range(0, len(big), 64 * 1024))))
+        assert await drain(store.stream("a/big.bin", chunk_size=8192)) == big
+        assert await drain(store.stream("a/big.bin", offset=MiB // 2, length=2 * MiB)) == \
+            big[MiB // 2:MiB // 2 + 2 * MiB]
+        assert await store.download("a/big.bin") == big
+        assert await store.download("a/small.txt") == b"small"
+        assert await store.download("a/small.txt") == b"small"  # cached now, where that exists
+        await store.copy("a/big.bin", "b/copy.bin")
+        await store.move("b/copy.bin", "c/moved.bin")
+        assert (await store.info("c/moved.bin")).size == len(big)
+        assert [i.path async for i in store.list()] == ["a/big.bin", "a/small.txt", "c/moved.bin"]
+        assert (await store.list_dir("a/")).prefixes == []
+        await store.delete("a/small.txt")
+        assert await store.delete_many(["a/big.bin", "nothing"]) == ["a/big.bin", "nothing"]
+        assert await store.clear() == 1
+        assert (await store.health_check()).status == HealthStatus.HEALTHY
+    assert default.jobs == []
+    loop_thread = threading.current_thread().name
+    workers = {t for names in ran_in.values() for t in names} - {loop_thread}
+    assert workers and all(t.startswith(threads.THREAD_NAME_PREFIX + "_") for t in workers)
+    assert {name for name, names in ran_in.items() if loop_thread in names} == set()
 
 
 # ---------------------------------------------------------------------------- presigned URLs

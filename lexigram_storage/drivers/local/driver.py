@@ -462,14 +462,13 @@ class LocalDriver(BaseDriver):
         first_len = block if length is None else min(block, length)
         fd, st, data = await self._hop(self._open_and_read, key, offset, first_len,
                                        release=_close_opened)
-        loop = asyncio.get_running_loop()
         end = st.st_size if length is None else min(st.st_size, offset + length)
         pos = offset + len(data)
         pending: asyncio.Future[bytes] | None = None
         try:
             while data:
                 if pos < end:  # read the next block while this one is consumed
-                    pending = loop.run_in_executor(None, os.pread, fd, min(block, end - pos), pos)
+                    pending = self._hop(os.pread, fd, min(block, end - pos), pos)
                 if len(data) <= chunk_size:
                     yield data
                 else:

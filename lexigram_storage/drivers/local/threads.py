@@ -3,7 +3,7 @@ guarantee of writes under cancellation.
 
 One pool
     Every blocking call of every local driver runs in ``pool()`` (as many threads as asyncio's
-    default executor; named ``lexigram-local-N``), through ``hop``: its threads hand results
+    default executor; named ``lexigram-local_N``), through ``hop``: its threads hand results
     back with a single ``call_soon_threadsafe`` (``run_in_executor`` chains a second future
     through it: ~40% more per hop). Nothing goes to the event loop's default executor.
 
