@@ -26,12 +26,12 @@ import itertools
 import os
 from collections.abc import Iterator
 
-__all__ = ["CONT", "INTERNAL_DIR", "META", "SELF", "STAGING", "components", "keys"]
+__all__ = ["INTERNAL_DIR", "META", "SELF", "STAGING", "components", "keys"]
 
 INTERNAL_DIR = ".lexigram"
 STAGING = "staging"  # INTERNAL_DIR/STAGING: temp files
 META = "meta"  # INTERNAL_DIR/META: metadata sidecars
-CONT = "\x01"  # suffix of a directory holding the rest of an over-long segment
+_CONT = "\x01"  # suffix of a directory holding the rest of an over-long segment
 SELF = "\x02"  # suffix of the file of an object whose key is also a directory
 _OWN = INTERNAL_DIR + "\x03"  # the stored name of a key's first segment ".lexigram"
 _PIECE = 200  # bytes per stored name piece (NAME_MAX is 255)
@@ -51,7 +51,7 @@ def components(key: str) -> list[str]:
                 cut = _PIECE
                 while (raw[cut] & 0xC0) == 0x80:  # keep UTF-8 sequences whole
                     cut -= 1
-                parts.append(raw[:cut].decode("utf-8", "surrogatepass") + CONT)
+                parts.append(raw[:cut].decode("utf-8", "surrogatepass") + _CONT)
                 raw = raw[cut:]
             parts.append(raw.decode("utf-8", "surrogatepass"))
     if parts[0] == INTERNAL_DIR:
@@ -90,7 +90,7 @@ def _dir_keys(path: str, base: str, prefix: str, after: str | None, top: bool = 
         except OSError:
             continue
         if is_dir:
-            if name.endswith(CONT):
+            if name.endswith(_CONT):
                 kp, kind = base + name[:-1], 2
             else:
                 kp, kind = base + name + "/", 1

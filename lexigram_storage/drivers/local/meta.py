@@ -90,14 +90,15 @@ def object_info(key: str, st: os.stat_result, meta: Meta) -> ObjectInfo:
 
 
 class MetaStore:
-    """The records of one root: in xattrs or in *sidecars*.
+    """The records of one root: in xattrs (where *try_xattrs* and the filesystem has them) or
+    in *sidecars*.
 
     ``xattrs`` is ``True`` (xattrs work), ``False`` (sidecars: the platform has no xattrs, or
     the filesystem refused one) or ``None`` (not known yet: ``probe`` tells, at prepare)."""
 
-    def __init__(self, sidecars: Sidecars, xattrs: bool) -> None:
+    def __init__(self, sidecars: Sidecars, try_xattrs: bool) -> None:
         self.sidecars = sidecars
-        self.xattrs: bool | None = None if xattrs else False
+        self.xattrs: bool | None = None if try_xattrs else False
 
     def probe(self, fd: int) -> None:
         """Try an xattr on the scratch file *fd* unless that is known; sidecars if it fails."""
