@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from lexigram_storage.drivers._fs import PORTABLE_ENV
+from lexigram_storage.drivers.local.platforms import PORTABLE_ENV
 
 os.environ.setdefault("LEX_LOGGING__LEVEL", "CRITICAL")
 os.environ.setdefault("LEX_QUIET", "1")

@@ -29,6 +29,6 @@ class TestLocalSidecarConformance(DriverConformance):
     @pytest.fixture
     async def store(self, tmp_path: Path) -> AsyncIterator[LocalDriver]:
         driver = LocalDriver(tmp_path / "root", name="local-sidecar")
-        driver._xattrs = False
+        driver._meta.xattrs = False
         async with driver:
             yield driver

@@ -24,8 +24,7 @@ from lexigram.contracts.infra.storage import StorageError, StorageUnsupportedOpe
 from pydantic import SecretStr
 
 from lexigram_storage.config import NamedStorageConfig, StorageLocalConfig
-from lexigram_storage.drivers import local
-from lexigram_storage.drivers.local import INTERNAL_DIR, LocalDriver
+from lexigram_storage.drivers.local import INTERNAL_DIR, LocalDriver, fastpath, threads
 from lexigram_storage.errors import (
     InvalidPathError,
     PreconditionFailedError,
@@ -193,7 +192,7 @@ async def test_killed_writer_leaves_no_object_and_prepare_cleans_staging(tmp_pat
             d = LocalDriver({str(root)!r})
             await d.prepare()
             await d.upload("old.bin", b"old")
-            d._tmpfile = d._tmpfile and sys.argv[1] != "named"
+            d._temps.tmpfile = d._temps.tmpfile and sys.argv[1] != "named"
             await d.upload("old.bin", body())
 
         asyncio.run(main())
@@ -373,7 +372,7 @@ async def test_metadata_round_trips_through_info_list_copy_move(tmp_path: Path,
                                                                 xattrs: bool) -> None:
     driver = LocalDriver(tmp_path / "r")
     if not xattrs:
-        driver._xattrs = False
+        driver._meta.xattrs = False
     await driver.prepare()
     up = await driver.upload("m/a.dat", b"data", "text/csv", metadata={"Owner": "ann"},
                              cache_control="max-age=5")
@@ -493,12 +492,12 @@ async def test_health_probe_writes_in_staging(store: LocalDriver) -> None:
 @pytest.mark.local_modes("native")  # cached reads (openat2/preadv2) are Linux-only
 async def test_small_cached_downloads_need_no_thread(store: LocalDriver,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    if local._openat2 is None:
+    if fastpath._openat2 is None:
         pytest.skip("no openat2(RESOLVE_CACHED) / RWF_NOWAIT here")
     await store.upload("a/small.bin", b"s" * 1000)
     await store.upload("a/small.bin/child", b"c")  # the object now lives beside a directory
     await store.upload("empty", b"")
-    await store.upload("big.bin", b"b" * (local._INLINE_READ + 1))
+    await store.upload("big.bin", b"b" * (fastpath.INLINE_READ + 1))
     (store.root / "alias").symlink_to(store.root / "empty")
     for name in ("a/small.bin\x02", "empty", "alias"):  # what a first read would bring into
         (store.root / name).read_bytes()              # the kernel's caches (RESOLVE_CACHED)
@@ -522,11 +521,11 @@ async def test_downloads_fall_back_to_a_thread(store: LocalDriver, tmp_path: Pat
     for case in ("no openat2", "lookup not cached", "bytes not cached"):
         with monkeypatch.context() as m:
             if case == "no openat2":
-                m.setattr(local, "_openat2", None)
+                m.setattr(fastpath, "_openat2", None)
             elif case == "lookup not cached":
-                m.setattr(local, "_open_cached", lambda path: None)
+                m.setattr(fastpath, "open_cached", lambda path: None)
             else:
-                m.setattr(local, "_pread_nowait", lambda fd, size: None)
+                m.setattr(fastpath, "pread_nowait", lambda fd, size: None)
             assert await store.download("k") == b"kkk", case
             with pytest.raises(InvalidPathError, match="outside"):
                 await store.download("out")
@@ -552,7 +551,7 @@ async def test_plain_metadata_fits_in_the_inode(store: LocalDriver) -> None:
 
 @pytest.mark.parametrize("tmpfile", [True, False], ids=["tmpfile", "named"])
 async def test_staging_removed_behind_our_back(store: LocalDriver, tmpfile: bool) -> None:
-    store._tmpfile = store._tmpfile and tmpfile
+    store._temps.tmpfile = store._temps.tmpfile and tmpfile
     await store.upload("a", b"1")
     shutil.rmtree(store.root / INTERNAL_DIR / "staging")
     await store.upload("a", b"2")  # an overwrite: named in staging, then renamed
@@ -573,7 +572,7 @@ async def test_cancelled_before_a_thread_was_free_does_not_run(store: LocalDrive
         loop.call_soon_threadsafe(started.set)
         gate.wait(10)
 
-    busy = [store._hop(block) for _ in range(local._pool()._max_workers)]
+    busy = [store._hop(block) for _ in range(threads.pool()._max_workers)]
     await started.wait()
     upload = asyncio.ensure_future(store.upload("never", b"x"))
     await asyncio.sleep(0.05)
@@ -590,10 +589,10 @@ async def test_failed_small_write_leaves_no_directories(store: LocalDriver,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     await store.upload("keep/old", b"old")
 
-    def broken(fd: int, meta: object) -> None:
+    def broken(fd: int, path: str | None, meta: object) -> None:
         raise OSError(errno.EIO, "the disk failed")
 
-    monkeypatch.setattr(store, "_store_meta", broken)
+    monkeypatch.setattr(store._meta, "store", broken)
     for key in ("new/dir/x", "keep/old"):
         with pytest.raises(StorageError, match="the disk failed"):
             await store.upload(key, b"new")
@@ -614,6 +613,6 @@ async def test_pruning_never_removes_a_directory_outside_the_root(store: LocalDr
     (store.root / "a").mkdir(exist_ok=True)
     os.rmdir(store.root / "a")
     (store.root / "a").symlink_to(outside)  # what a concurrent swap would leave
-    store._prune(["a", "b", "c"])  # the pruning step of that delete
+    store._tree.prune(["a", "b", "c"])  # the pruning step of that delete
     assert (outside / "b").is_dir()
     assert (store.root / "a").is_symlink()

@@ -1,5 +1,6 @@
 """LocalDriver on every platform: path confinement per strategy, the portable switch, sidecar
-metadata under concurrency, first use from many threads, and hostile presigned URLs.
+metadata under concurrency, first use from many threads, one thread pool for every blocking
+call, and hostile presigned URLs.
 
 The macOS strategy (``fcntl(F_GETPATH)``) cannot run on Linux. It differs from Linux's only in
 the call that tells where an fd lies, so it is tested here as "fd-path only": Linux's
@@ -10,23 +11,27 @@ stand-in for the call. The portable walk runs for real."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import os
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from lexigram.contracts.core.health import HealthStatus
 
-from lexigram_storage.drivers import local
-from lexigram_storage.drivers._fs import Platform, darwin, linux, portable
-from lexigram_storage.drivers.local import INTERNAL_DIR, LocalDriver
+from lexigram_storage.drivers.local import INTERNAL_DIR, LocalDriver, fastpath, threads
+from lexigram_storage.drivers.local.platforms import Escape, Platform, darwin, linux, portable
 from lexigram_storage.errors import InvalidPathError, StoragePermissionError
 
 MiB = 1024 * 1024
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 def strategies() -> list[Platform]:
@@ -42,9 +47,9 @@ def strategies() -> list[Platform]:
 
 def driver_with(root: Path, platform: Platform, **kwargs: Any) -> LocalDriver:
     driver = LocalDriver(root, portable=False, **kwargs)
-    driver._fs = platform
-    driver._tmpfile = platform.tmpfile
-    driver._xattrs = None if platform.xattrs else False
+    driver._tree.platform = platform
+    driver._temps.tmpfile = platform.tmpfile
+    driver._meta.xattrs = None if platform.xattrs else False
     return driver
 
 
@@ -167,7 +172,7 @@ def test_the_real_path_check_shared_by_fd_path_strategies(tmp_path: Path) -> Non
         return reported[fd]
 
     store = driver_with(tmp_path / "root", Platform("stand-in", fd_path))
-    root = store._real
+    root = store._tree.real
     cases = {
         root: True,
         f"{root}/a": True,
@@ -183,15 +188,15 @@ def test_the_real_path_check_shared_by_fd_path_strategies(tmp_path: Path) -> Non
     for i, (path, allowed) in enumerate(cases.items()):
         reported[i] = path
         if allowed:
-            store._check_fd(i, "k")
+            store._tree.check_fd(i, "k")
         else:
-            with pytest.raises(local._Escape):
-                store._check_fd(i, "k")
-    with pytest.raises(local._Escape):
-        store._check_fd(12345, "k")  # the lookup fails: refused, never passed
+            with pytest.raises(Escape):
+                store._tree.check_fd(i, "k")
+    with pytest.raises(Escape):
+        store._tree.check_fd(12345, "k")  # the lookup fails: refused, never passed
     walker = driver_with(tmp_path / "root", portable.PLATFORM)
-    with pytest.raises(local._Escape):
-        walker._check_fd(0, "k")  # a strategy that cannot tell: refused
+    with pytest.raises(Escape):
+        walker._tree.check_fd(0, "k")  # a strategy that cannot tell: refused
 
 
 @pytest.mark.local_modes("native")
@@ -250,11 +255,11 @@ def test_strategy_selection(tmp_path: Path, local_mode: str) -> None:
     """One switch: the environment (or portable=True) picks the portable pieces."""
     store = LocalDriver(tmp_path / "root")
     if local_mode == "portable":
-        assert store._fs is portable.PLATFORM
+        assert store._tree.platform is portable.PLATFORM
     elif linux.AVAILABLE:
-        assert store._fs is linux.PLATFORM
-    assert LocalDriver(tmp_path / "root", portable=True)._fs is portable.PLATFORM
-    assert LocalDriver(tmp_path / "root", portable=False)._fs is not portable.PLATFORM or not (
+        assert store._tree.platform is linux.PLATFORM
+    assert LocalDriver(tmp_path / "root", portable=True)._tree.platform is portable.PLATFORM
+    assert LocalDriver(tmp_path / "root", portable=False)._tree.platform is not portable.PLATFORM or not (
         linux.AVAILABLE or darwin.AVAILABLE)
 
 
@@ -277,7 +282,7 @@ async def test_portable_mode_uses_no_linux_path(tmp_path: Path, local_mode: str,
     for name in ("setxattr", "getxattr", "readlink", "preadv"):
         if hasattr(os, name):
             monkeypatch.setattr(os, name, wire(name, getattr(os, name)))
-    monkeypatch.setattr(local, "_open_cached", wire("openat2", local._open_cached))
+    monkeypatch.setattr(fastpath, "open_cached", wire("openat2", fastpath.open_cached))
     real_open, real_link = os.open, os.link
     tmpfile = getattr(os, "O_TMPFILE", 0)
 
@@ -324,7 +329,7 @@ async def test_portable_mode_uses_no_linux_path(tmp_path: Path, local_mode: str,
         await upload
         await store.delete("b.bin")
         if local_mode == "portable":
-            assert store._fs.name == "portable"
+            assert store._tree.platform.name == "portable"
             assert tripped == set()
             assert [t for t in temps if t.endswith(".tmp")]  # a named temp file
             assert "user.lexigram" not in os.listxattr(root / "m" / "a.txt")
@@ -335,7 +340,7 @@ async def test_portable_mode_uses_no_linux_path(tmp_path: Path, local_mode: str,
         elif linux.AVAILABLE:
             assert temps == []  # O_TMPFILE: unnamed
             expected = {"setxattr", "getxattr", "readlink", "O_TMPFILE", "/proc/self/fd"}
-            if local._openat2 is not None:
+            if fastpath._openat2 is not None:
                 expected |= {"openat2", "preadv"}
             assert expected <= tripped
 
@@ -347,7 +352,7 @@ def sidecar_driver(root: Path, kind: str) -> LocalDriver:
     if kind == "portable":
         return LocalDriver(root, portable=True)
     driver = LocalDriver(root, portable=False)
-    driver._xattrs = False  # a Linux filesystem without user xattrs
+    driver._meta.xattrs = False  # a Linux filesystem without user xattrs
     return driver
 
 
@@ -411,7 +416,7 @@ async def test_sidecars_follow_their_objects(tmp_path: Path, kind: str) -> None:
         orphan = root / INTERNAL_DIR / "staging" / "999999999-dead-1.tmp"
         orphan.write_bytes(b"orphan")
         st = os.stat(orphan)
-        store._sidecars.write(os.open(orphan, os.O_RDONLY), b"{}", str(orphan))
+        store._meta.sidecars.write(os.open(orphan, os.O_RDONLY), b"{}", str(orphan))
         assert len(sidecar_files(root)) == 6
         await store.prepare()
         assert sidecar_files(root) == sidecars_of(root, "a", "c/d")
@@ -427,7 +432,7 @@ async def test_first_use_from_many_threads_prepares_once(tmp_path: Path) -> None
     """Concurrent uploads to a never-prepared driver, every worker thread starting at once:
     1,500 uploads in 30 rounds (before: 20-35 of 1,500 failed with StorageBootError "File exists
     (.../<pid>-<hex>-probe)": each thread prepared the driver, with the same probe file)."""
-    pool = local._pool()
+    pool = threads.pool()
     for attempt in range(30):
         store = LocalDriver(tmp_path / f"root{attempt}")
         gate = threading.Event()
@@ -451,6 +456,71 @@ async def test_two_drivers_on_one_root_prepare_at_once(tmp_path: Path) -> None:
     await asyncio.gather(*(d.prepare() for d in drivers for _ in range(5)))
     await asyncio.gather(*(d.upload(f"k{i}", b"x") for i, d in enumerate(drivers)))
     assert os.listdir(tmp_path / "root" / INTERNAL_DIR / "staging") == []
+
+
+# ---------------------------------------------------------------------------- one thread pool
+
+
+class _RecordingExecutor(ThreadPoolExecutor):
+    """An event loop's default executor that records every job it is given."""
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=2, thread_name_prefix="default-executor")
+        self.jobs: list[str] = []
+
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
+        self.jobs.append(getattr(fn, "__qualname__", repr(fn)))
+        return super().submit(fn, *args, **kwargs)
+
+
+async def test_every_blocking_call_runs_in_the_driver_pool(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    """Uploads (bytes, streams), downloads, streams (with their read-ahead), info, copy, move,
+    listings, deletes and the health probe never use the event loop's default executor: every
+    blocking call runs in a thread of the driver's one pool (before: a stream's read-ahead ran
+    in the default executor), or on the loop where it cannot block (cached reads)."""
+    loop = asyncio.get_running_loop()
+    default = _RecordingExecutor()
+    loop.set_default_executor(default)
+    ran_in: dict[str, set[str]] = {}  # os function -> names of the threads that called it
+
+    def record(name: str, real: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(real)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            ran_in.setdefault(name, set()).add(threading.current_thread().name)
+            return real(*args, **kwargs)
+        return call
+
+    store = LocalDriver(tmp_path / "root")  # (the constructor looks up the root's real path)
+    for name in ("open", "pread", "read", "write", "writev", "link", "rename", "unlink",
+                 "scandir", "mkdir", "rmdir"):
+        monkeypatch.setattr(os, name, record(name, getattr(os, name)))
+    big = os.urandom(3 * MiB + 5)
+    async with store:
+        await store.upload("a/small.txt", b"small")
+        await store.upload("a/big.bin", chunks(*(big[i:i + 64 * 1024]
+                                                  for i in range(0, len(big), 64 * 1024))))
+        assert await drain(store.stream("a/big.bin", chunk_size=8192)) == big
+        assert await drain(store.stream("a/big.bin", offset=MiB // 2, length=2 * MiB)) == \
+            big[MiB // 2:MiB // 2 + 2 * MiB]
+        assert await store.download("a/big.bin") == big
+        assert await store.download("a/small.txt") == b"small"
+        assert await store.download("a/small.txt") == b"small"  # cached now, where that exists
+        await store.copy("a/big.bin", "b/copy.bin")
+        await store.move("b/copy.bin", "c/moved.bin")
+        assert (await store.info("c/moved.bin")).size == len(big)
+        assert [i.path async for i in store.list()] == ["a/big.bin", "a/small.txt", "c/moved.bin"]
+        assert (await store.list_dir("a/")).prefixes == []
+        await store.delete("a/small.txt")
+        assert await store.delete_many(["a/big.bin", "nothing"]) == ["a/big.bin", "nothing"]
+        assert await store.clear() == 1
+        assert (await store.health_check()).status == HealthStatus.HEALTHY
+    assert default.jobs == []
+    loop_thread = threading.current_thread().name
+    workers = {t for names in ran_in.values() for t in names} - {loop_thread}
+    assert workers and all(t.startswith(threads.THREAD_NAME_PREFIX + "_") for t in workers)
+    assert {name for name, names in ran_in.items() if loop_thread in names} == set()
 
 
 # ---------------------------------------------------------------------------- presigned URLs

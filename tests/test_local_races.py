@@ -13,8 +13,7 @@ from typing import Any
 
 import pytest
 
-from lexigram_storage.drivers import local
-from lexigram_storage.drivers.local import INTERNAL_DIR, LocalDriver
+from lexigram_storage.drivers.local import INTERNAL_DIR, LocalDriver, layout
 from lexigram_storage.models import ObjectInfo
 from tests.support import staging, user_files
 
@@ -61,7 +60,7 @@ LONG_SEGMENT_KEYS = [
 
 def test_every_key_maps_to_names_that_fit_with_their_suffixes() -> None:
     for key in [*LONG_SEGMENT_KEYS, "é" * 512, "é/" * 341 + "x", ".lexigram", ".lexigram/x"]:
-        for name in local._components(key):
+        for name in layout.components(key):
             assert len((name + "\x02").encode()) <= NAME_MAX, (key, name)
 
 
@@ -312,7 +311,7 @@ async def test_cancelled_upload_either_stored_or_changed_nothing(store: LocalDri
                                                                  payload: str,
                                                                  xattrs: bool) -> None:
     if not xattrs:
-        store._use_sidecars()  # as on a filesystem without user xattrs
+        store._meta.use_sidecars()  # as on a filesystem without user xattrs
     meta_dir = store.root / INTERNAL_DIR / "meta"
     rng = random.Random(8)
     outcomes = {"cancelled": 0, "done": 0}
@@ -342,7 +341,7 @@ async def test_cancelled_upload_either_stored_or_changed_nothing(store: LocalDri
         assert staging(store.root) == [], i
         assert await listed(store, "c/") == sorted({f"c/{j % 3}/obj" for j in range(i + 1)})
         assert user_files(store.root) == sorted({f"c/{j % 3}/obj" for j in range(i + 1)})
-        if not store._xattrs:  # one sidecar (record + anchor) per object, none for an
+        if not store._meta.xattrs:  # one sidecar (record + anchor) per object, none for an
             names = os.listdir(meta_dir)  # abandoned temp file
             records = [n for n in names if not n.endswith(".link")]
             assert len(records) == min(i + 1, 3), (i, names)

@@ -22,6 +22,7 @@ class Platform:
 
     name: str
     fd_path: Callable[[int], str] | None
+    # what may be tried (where the kernel and the filesystem have it: ../fastpath.py, ../meta.py)
     tmpfile: bool = False  # O_TMPFILE: unnamed temp files, linked by /proc/self/fd/N
     xattrs: bool = False  # user extended attributes (os.setxattr) may be tried
     cached_reads: bool = False  # openat2(RESOLVE_CACHED) + preadv2(RWF_NOWAIT) on the loop

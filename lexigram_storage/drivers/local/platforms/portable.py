@@ -12,11 +12,11 @@ import os
 import stat
 from collections.abc import Sequence
 
-from lexigram_storage.drivers._fs.common import Escape, Platform
+from lexigram_storage.drivers.local.files import OPEN_DIR
+from lexigram_storage.drivers.local.platforms.common import Escape, Platform
 
 __all__ = ["PLATFORM", "open_dir", "open_in"]
 
-_OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0)
 # what O_NOFOLLOW gives for a symlink: ELOOP (POSIX), EMLINK (FreeBSD), ENOTDIR with
 # O_DIRECTORY (Linux), EFTYPE (NetBSD, absent from errno elsewhere)
 _LINK_ERRORS = {errno.ELOOP, errno.EMLINK, errno.ENOTDIR, getattr(errno, "EFTYPE", errno.ELOOP)}
@@ -37,10 +37,10 @@ def open_dir(root: str, names: Sequence[str]) -> int:
     """An fd of the directory ``root/names[0]/names[1]/...``, reached without following any
     symlink below *root*. Raises ``Escape`` at a symlink, and what ``os.open`` raises for a
     missing or non-directory segment (``FileNotFoundError``, ``NotADirectoryError``)."""
-    fd = os.open(root, _OPEN_DIR)
+    fd = os.open(root, OPEN_DIR)
     try:
         for name in names:
-            child = open_in(fd, name, _OPEN_DIR)
+            child = open_in(fd, name, OPEN_DIR)
             os.close(fd)
             fd = child
     except BaseException:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import sys
 
-from lexigram_storage.drivers._fs.common import Platform
+from lexigram_storage.drivers.local.platforms.common import Platform
 
 __all__ = ["AVAILABLE", "PLATFORM", "fd_path"]
 
