@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -249,3 +250,21 @@ async def test_provider_config_errors_never_print_secrets(monkeypatch: pytest.Mo
         await app.stop()
     assert "invalid 'storage' configuration" in exc.value.message
     _secret_free(exc.value)
+
+
+def test_every_driver_is_built_from_its_settings_block(tmp_path: Path) -> None:
+    """``from_config`` and the constructor run the same model: the driver keeps the block it
+    was built from, and an invalid constructor argument fails like an invalid block."""
+    from lexigram_storage.config import StorageLocalConfig, StorageMemoryConfig
+    from lexigram_storage.drivers.local import LocalDriver
+    from lexigram_storage.drivers.memory import MemoryDriver
+    from lexigram_storage.errors import StorageConfigurationError
+
+    local = StorageLocalConfig(root_dir=str(tmp_path), signing_key="k" * 16, fsync=True)
+    built = LocalDriver.from_config(local, name="files")
+    assert built.settings == local and built.name == "files" and built.fsync
+    assert LocalDriver(tmp_path, signing_key="k" * 16, fsync=True).settings == local
+    memory = StorageMemoryConfig(bucket="b")
+    assert MemoryDriver.from_config(memory).settings == memory
+    with pytest.raises(StorageConfigurationError, match="fsync"):
+        LocalDriver(tmp_path, fsync="sometimes")  # type: ignore[arg-type]

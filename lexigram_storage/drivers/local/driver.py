@@ -62,7 +62,7 @@ from typing import Any, TypeVar
 from lexigram.contracts.infra.storage import StorageError
 from pydantic import SecretStr
 
-from lexigram_storage.config import NamedStorageConfig, StorageLocalConfig
+from lexigram_storage.config import StorageLocalConfig, settings_from
 from lexigram_storage.drivers import _signing
 from lexigram_storage.drivers.base import BaseDriver, create_only_conflict
 from lexigram_storage.drivers.local import platforms
@@ -98,7 +98,6 @@ from lexigram_storage.errors import (
 from lexigram_storage.events import StorageEvents
 from lexigram_storage.models import ObjectInfo
 from lexigram_storage.payload import Payload, UploadPolicy, digest_fd
-from lexigram_storage.registry import DriverContext
 
 __all__ = ["INTERNAL_DIR", "LocalDriver"]
 
@@ -147,7 +146,11 @@ class LocalDriver(BaseDriver):
         events: StorageEvents | None = None,
     ) -> None:
         super().__init__(name=name, policy=policy, events=events)
-        self._root = os.path.abspath(os.fspath(root_dir))
+        # checked by the configuration model: the same rules as a local: block
+        self.settings = settings_from(StorageLocalConfig, {
+            "root_dir": os.fspath(root_dir), "base_url": base_url, "signing_key": signing_key,
+            "fsync": fsync}, backend=self.name)
+        self._root = os.path.abspath(self.settings.root_dir)
         # how paths are confined and which kernel features are used (see platforms/)
         platform = platforms.select(
             platforms.portable_requested() if portable is None else portable)
@@ -158,21 +161,14 @@ class LocalDriver(BaseDriver):
         self._mode = 0o666 & ~_umask()
         self._temps = TempFiles(self._staging, self._meta, self._mode, platform.tmpfile,
                                 self._ensure_ready)
-        self.base_url = base_url.rstrip("/")
-        self._signing_key = _signing.secret_bytes(signing_key)
-        self.fsync = fsync
+        self.base_url = self.settings.base_url.rstrip("/")
+        self._signing_key = _signing.secret_bytes(self.settings.signing_key)
+        self.fsync = self.settings.fsync
         self._ready = False
         self._prepare_lock = threading.Lock()  # the first hops of a new driver run at once
 
     def __repr__(self) -> str:
         return f"<LocalDriver name={self.name!r} root={self._root!r}>"
-
-    @classmethod
-    def from_named(cls, entry: NamedStorageConfig, context: DriverContext) -> LocalDriver:
-        block = entry.local or StorageLocalConfig()
-        return cls(root_dir=block.root_dir, base_url=block.base_url,
-                   signing_key=block.signing_key, fsync=block.fsync,
-                   name=entry.name, policy=context.policy)
 
     @property
     def bucket(self) -> str:
