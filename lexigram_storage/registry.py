@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from lexigram_storage.catalogue import (
@@ -21,23 +20,14 @@ from lexigram_storage.catalogue import (
     declared_entry_points,
     known_driver_names,
 )
+from lexigram_storage.drivers.base import BaseDriver, DriverContext
 from lexigram_storage.errors import StorageConfigurationError
-from lexigram_storage.payload import UploadPolicy
 
 if TYPE_CHECKING:
     from lexigram_storage.config import NamedStorageConfig
-    from lexigram_storage.drivers.base import BaseDriver
 
 __all__ = ["ENTRY_POINT_GROUP", "DriverContext", "DriverFactory", "DriverRegistry",
            "known_driver_names"]
-
-
-@dataclass(frozen=True)
-class DriverContext:
-    """What the provider passes to every factory besides the backend's own settings."""
-
-    policy: UploadPolicy | None = None
-    enable_encryption: bool = False
 
 
 DriverFactory = Callable[["NamedStorageConfig", DriverContext], "BaseDriver"]

@@ -227,3 +227,6 @@ def test_driver_catalogue_is_a_leaf_and_config_needs_no_registry() -> None:
     assert not {m for m in imported("config.py")
                 if m.startswith(("lexigram_storage.registry", "lexigram_storage.drivers"))}
     assert "lexigram_storage.catalogue" in imported("registry.py")
+    # the base driver needs neither the registry nor the configuration at run time or for types
+    assert not {m for m in imported("drivers/base.py")
+                if m.startswith(("lexigram_storage.registry", "lexigram_storage.provider"))}

@@ -12,6 +12,7 @@ import asyncio
 import builtins
 import time
 from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
 from urllib.parse import quote
@@ -42,15 +43,22 @@ if TYPE_CHECKING:
     from pydantic import BaseModel
 
     from lexigram_storage.config import NamedStorageConfig
-    from lexigram_storage.registry import DriverContext
 
-__all__ = ["MAX_PRESIGN_EXPIRY", "MIN_PRESIGN_EXPIRY", "BaseDriver", "await_to_end",
-           "create_only_conflict"]
+__all__ = ["MAX_PRESIGN_EXPIRY", "MIN_PRESIGN_EXPIRY", "BaseDriver", "DriverContext",
+           "await_to_end", "create_only_conflict"]
 
 MIN_PRESIGN_EXPIRY = timedelta(seconds=1)
 MAX_PRESIGN_EXPIRY = timedelta(days=7)
 _BATCH = 1000
 _T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class DriverContext:
+    """What the provider passes to every driver factory besides the backend's own settings."""
+
+    policy: UploadPolicy | None = None
+    enable_encryption: bool = False
 
 
 async def await_to_end(work: Awaitable[_T]) -> _T:

@@ -45,7 +45,12 @@ from lexigram_storage.config import (
     settings_from,
 )
 from lexigram_storage.drivers._parts import PartRules, abort_upload, start_upload, upload
-from lexigram_storage.drivers.base import BaseDriver, await_to_end, create_only_conflict
+from lexigram_storage.drivers.base import (
+    BaseDriver,
+    DriverContext,
+    await_to_end,
+    create_only_conflict,
+)
 from lexigram_storage.errors import (
     PreconditionFailedError,
     StorageBucketNotFoundError,
@@ -58,7 +63,6 @@ from lexigram_storage.errors import (
 from lexigram_storage.events import StorageEvents
 from lexigram_storage.models import DirListing, ObjectInfo
 from lexigram_storage.payload import Payload, UploadPolicy
-from lexigram_storage.registry import DriverContext
 
 try:
     import aioboto3
