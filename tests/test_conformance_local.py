@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from lexigram_storage import Capability
 from lexigram_storage.drivers.local import LocalDriver
 from lexigram_storage.testing import DriverConformance
+from tests.support import staging
 
 
 class TestLocalConformance(DriverConformance):
@@ -21,10 +23,16 @@ class TestLocalConformance(DriverConformance):
                                name="local-conformance") as driver:
             yield driver
 
+    async def pending_uploads(self, store: LocalDriver) -> int:
+        return len(staging(store.root))  # temp files left behind
+
 
 @pytest.mark.local_modes("native")
 class TestLocalSidecarConformance(DriverConformance):
     """Filesystems without user xattrs keep metadata in sidecar files."""
+
+    # no signing_key: this driver signs no URLs (the suite checks that it refuses to)
+    capabilities = LocalDriver.capabilities - {Capability.PRESIGN_GET, Capability.PRESIGN_PUT}
 
     @pytest.fixture
     async def store(self, tmp_path: Path) -> AsyncIterator[LocalDriver]:
@@ -32,3 +40,6 @@ class TestLocalSidecarConformance(DriverConformance):
         driver._xattrs = False
         async with driver:
             yield driver
+
+    async def pending_uploads(self, store: LocalDriver) -> int:
+        return len(staging(store.root))
