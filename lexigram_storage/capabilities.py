@@ -1,8 +1,9 @@
 """What a store can do beyond the API every store has.
 
 Each driver class declares its set in ``capabilities`` (``BaseDriver`` holds the default: every
-capability, which every built-in driver has except the memory driver's presigned URLs). The
-conformance suite reads it to decide what to check:
+capability, which every built-in driver has except the memory driver's presigned URLs; the local
+driver signs URLs only when given a ``signing_key``). The conformance suite reads it to decide
+what to check:
 
 - an *operation* the store lacks (``PRESIGN_GET``, ``PRESIGN_PUT``, ``CREATE_ONLY``,
   ``RANGED_READ``) must be refused with ``StorageUnsupportedOperationError``, never half done;
