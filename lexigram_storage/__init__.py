@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from lexigram.contracts.infra.storage import BlobStoreProtocol, FileInfo, UploadOptions
 
+from lexigram_storage.capabilities import Capability
 from lexigram_storage.config import (
     EncryptionConfig,
     NamedStorageConfig,
@@ -83,6 +84,7 @@ __all__ = [
     "HOOK_OBJECT_STORED",
     "BaseDriver",
     "BlobStoreProtocol",
+    "Capability",
     "ChecksumMismatchError",
     "DirListing",
     "DriverContext",

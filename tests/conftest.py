@@ -1,4 +1,5 @@
-"""Shared pytest set-up. Emulator server fixtures live in tests/emulators.py.
+"""Shared pytest set-up. Server fixtures live in tests/emulators.py (moto) and tests/servers.py
+(SeaweedFS, Ceph RGW).
 
 Every test in ``tests/test_local*.py`` and ``tests/test_conformance_local.py`` runs twice:
 ``[native]`` with the platform's own pieces (on Linux: ``/proc/self/fd``, ``O_TMPFILE``,
@@ -20,7 +21,8 @@ from lexigram_storage.drivers.local.platforms import PORTABLE_ENV
 os.environ.setdefault("LEX_LOGGING__LEVEL", "CRITICAL")
 os.environ.setdefault("LEX_QUIET", "1")
 
-pytest_plugins = ["tests.emulators", "tests.support"]  # fixtures: emulator servers, `running` apps
+# fixtures: moto (tests/emulators.py), real S3 servers (tests/servers.py), `running` apps
+pytest_plugins = ["tests.emulators", "tests.servers", "tests.support"]
 
 LOCAL_MODES = ("native", "portable")
 

@@ -20,7 +20,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 
@@ -106,13 +106,26 @@ class Emulator:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
+class Server(Protocol):
+    """What fault injection uses of a server: moto's ``Emulator`` and the real servers of
+    tests/servers.py alike."""
+
+    def stop(self) -> None: ...
+
+    def pause(self) -> None: ...
+
+    def resume(self) -> None: ...
+
+    def log_tail(self, n: int = 2000) -> str: ...
+
+
 @dataclass
 class S3Settings:
     endpoint_url: str
     access_key: str = "testing"
     secret_key: str = "testing"
     region: str = "us-east-1"
-    emulator: Emulator | None = field(default=None, repr=False)
+    emulator: Server | None = field(default=None, repr=False)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -12,6 +12,7 @@ import pytest
 
 from lexigram_storage.drivers.local import LocalDriver
 from lexigram_storage.testing import DriverConformance
+from tests.support import staging
 
 
 class TestLocalConformance(DriverConformance):
@@ -21,10 +22,16 @@ class TestLocalConformance(DriverConformance):
                                name="local-conformance") as driver:
             yield driver
 
+    async def pending_uploads(self, store: LocalDriver) -> int:
+        return len(staging(store.root))  # temp files left behind
+
 
 @pytest.mark.local_modes("native")
 class TestLocalSidecarConformance(DriverConformance):
     """Filesystems without user xattrs keep metadata in sidecar files."""
+
+    # no signing_key: this driver signs no URLs (its capabilities say so; the suite checks
+    # that it refuses to)
 
     @pytest.fixture
     async def store(self, tmp_path: Path) -> AsyncIterator[LocalDriver]:
@@ -32,3 +39,6 @@ class TestLocalSidecarConformance(DriverConformance):
         driver._meta.xattrs = False
         async with driver:
             yield driver
+
+    async def pending_uploads(self, store: LocalDriver) -> int:
+        return len(staging(store.root))

@@ -554,6 +554,18 @@ async def test_digest_entries_are_hidden_from_user_metadata(store: S3Driver, s3_
     assert legacy.etag == s3_md5_etag(raw)
 
 
+async def test_metadata_names_read_back_with_underscores(store: S3Driver, s3_client: Any,
+                                                         s3_bucket: str) -> None:
+    """Ceph RGW stores ``x-amz-meta-trace_id`` as ``trace-id``; names never contain "-", so
+    the driver reads it back as written (as it would a name another client set with "-")."""
+    await s3_client.put_object(Bucket=s3_bucket, Key="meta/rgw.txt", Body=b"x",
+                               Metadata={"trace-id": "7", "-under": "u", "Owner": "ann"})
+    expected = {"trace_id": "7", "_under": "u", "owner": "ann"}
+    assert (await store.info("meta/rgw.txt")).metadata == expected
+    assert [i.metadata async for i in store.list("meta/")] == [expected]
+    assert (await store.copy("meta/rgw.txt", "meta/copy.txt")).metadata == expected
+
+
 async def test_parts_cut_across_chunk_boundaries_carry_botocores_crc32(
         store: S3Driver, s3_server: S3Settings, s3_bucket: str) -> None:
     """Chunks that straddle part boundaries are cut into exact parts; each part carries the

@@ -20,6 +20,7 @@ from urllib.parse import quote
 from lexigram.contracts.core.health import HealthCheckResult, HealthStatus
 from lexigram.contracts.infra.storage import StorageError, Uploadable, UploadOptions
 
+from lexigram_storage.capabilities import Capability
 from lexigram_storage.errors import (
     PreconditionFailedError,
     StorageFileNotFoundError,
@@ -94,6 +95,9 @@ class BaseDriver:
     driver: ClassVar[str] = "base"
     #: upload keyword options a driver accepts beyond the common ones
     extra_upload_options: ClassVar[frozenset[str]] = frozenset()
+    #: what the driver can do beyond the common API (the conformance suite checks each one);
+    #: a class default an instance may narrow (a local driver without a signing key)
+    capabilities: frozenset[Capability] = frozenset(Capability)
 
     def __init__(
         self,

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
+from lexigram_storage.capabilities import Capability
 from lexigram_storage.config import StorageMemoryConfig, settings_from
 from lexigram_storage.drivers.base import BaseDriver, create_only_conflict
 from lexigram_storage.errors import StorageFileNotFoundError, unsupported
@@ -45,6 +46,7 @@ class MemoryDriver(BaseDriver):
     """
 
     driver = "memory"
+    capabilities = BaseDriver.capabilities - {Capability.PRESIGN_GET, Capability.PRESIGN_PUT}
 
     def __init__(
         self,

@@ -399,7 +399,8 @@ class S3Driver(BaseDriver):
             content_type=str(head.get("ContentType") or "application/octet-stream"),
             last_modified=modified,
             etag=etag,
-            metadata={k.lower(): str(v) for k, v in raw_meta.items()},
+            # names never hold "-" (the metadata rule); Ceph RGW turns "_" into "-" in them
+            metadata={k.lower().replace("-", "_"): str(v) for k, v in raw_meta.items()},
             cache_control=head.get("CacheControl"),
         )
 

@@ -62,6 +62,7 @@ from typing import Any, TypeVar
 from lexigram.contracts.infra.storage import StorageError
 from pydantic import SecretStr
 
+from lexigram_storage.capabilities import Capability
 from lexigram_storage.config import StorageLocalConfig, settings_from
 from lexigram_storage.drivers import _signing
 from lexigram_storage.drivers.base import BaseDriver, create_only_conflict
@@ -163,6 +164,9 @@ class LocalDriver(BaseDriver):
                                 self._ensure_ready)
         self.base_url = self.settings.base_url.rstrip("/")
         self._signing_key = _signing.secret_bytes(self.settings.signing_key)
+        if self._signing_key is None:
+            self.capabilities = self.capabilities - {Capability.PRESIGN_GET,
+                                                     Capability.PRESIGN_PUT}
         self.fsync = self.settings.fsync
         self._ready = False
         self._prepare_lock = threading.Lock()  # the first hops of a new driver run at once
