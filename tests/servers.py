@@ -32,6 +32,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -141,10 +142,41 @@ class SeaweedFS:
     def stop(self) -> None:
         _terminate(self.proc)
 
-    def restart(self) -> None:
-        """Stop and start again on the same ports and data: buckets and objects survive."""
+    def restart(self, timeout: float = 60.0) -> None:
+        """Stop and start again on the same ports and data: buckets and objects survive.
+
+        S3 answers before the volume server is back (a GetObject then fails with
+        InternalError), so this returns once an object stored before the stop reads again."""
+        client = self._sync_client()
+        probe = f"restart-probe-{uuid.uuid4().hex[:12]}"
+        client.create_bucket(Bucket=probe)
+        client.put_object(Bucket=probe, Key="probe", Body=b"probe")
         self.stop()
         self.start()
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                body = client.get_object(Bucket=probe, Key="probe")["Body"].read()
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"weed mini serves no data after a restart: "
+                                       f"{self.log_tail()}") from None
+                time.sleep(0.1)
+        assert body == b"probe"
+        client.delete_object(Bucket=probe, Key="probe")
+        client.delete_bucket(Bucket=probe)
+
+    def _sync_client(self) -> Any:
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
+                            aws_access_key_id=self.access_key,
+                            aws_secret_access_key=self.secret_key,
+                            config=Config(s3={"addressing_style": "path"},
+                                          retries={"total_max_attempts": 1},
+                                          connect_timeout=2, read_timeout=5))
 
     def pause(self) -> None:
         """The server hangs: the kernel accepts connections, nothing answers."""
