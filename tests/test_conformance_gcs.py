@@ -1,0 +1,28 @@
+"""The conformance suite over the GCS driver, against a real fake-gcs-server."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest_asyncio
+
+from lexigram_storage.drivers.gcs import GCSDriver
+from lexigram_storage.testing import DriverConformance
+from tests.gcs_server import GcsSettings
+
+
+class TestGCSConformance(DriverConformance):
+    """Resumable uploads from 64 KiB in 256 KiB chunks, so the round trips and the "large"
+    uploads take the resumable path and the small ones the single request."""
+
+    large_payload_size = 1024 * 1024 + 7
+
+    @pytest_asyncio.fixture
+    async def store(self, gcs_server: GcsSettings, gcs_bucket: str) -> AsyncIterator[GCSDriver]:
+        async with GCSDriver(
+            gcs_bucket, credentials_path=gcs_server.service_file,
+            endpoint_url=gcs_server.endpoint_url, resumable_threshold=64 * 1024,
+            chunk_size=256 * 1024, connect_timeout=2, read_timeout=10, max_attempts=2,
+            name="gcs-conformance",
+        ) as driver:
+            yield driver
