@@ -263,7 +263,7 @@ class Seen:
     """One request that reached the proxy."""
 
     method: str
-    path: str
+    path: str  # as sent (percent-encoded)
     query: dict[str, str]
     headers: dict[str, str]
     body: bytes
@@ -323,7 +323,7 @@ class FaultProxy:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
-        seen = Seen(request.method, request.path, dict(request.query),
+        seen = Seen(request.method, request.raw_path.split("?")[0], dict(request.query),
                     {k.lower(): v for k, v in request.headers.items()}, body)
         self.seen.append(seen)
         for rule in self._rules:
