@@ -95,6 +95,7 @@ _RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 _BACKOFF_BASE = 0.2
 _BACKOFF_CAP = 10.0
 _MEDIA = {"alt": "media"}
+_SLICE = 256 * KiB
 _JSON = "application/json; charset=UTF-8"
 _ITEM_FIELDS = "name,size,contentType,updated,timeCreated,md5Hash,etag,metadata,cacheControl"
 _LIST_FIELDS = f"items({_ITEM_FIELDS}),prefixes,nextPageToken"
@@ -330,12 +331,16 @@ class GCSDriver(BaseDriver):
                     headers: dict[str, str] | None = None, data: Any = None,
                     idempotent: bool, accept: tuple[int, ...] = ()) -> _Reply:
         """One request, its answer read whole. An answer of 400 or more raises
-        ``GCSResponseError`` unless its status is in *accept*; retried by ``_retrying``."""
+        ``GCSResponseError`` unless its status is in *accept*; retried by ``_retrying``.
+        *data* is the body, or a function making it (a stream, made again for each attempt)."""
         session = self._client()
 
         async def attempt() -> _Reply:
-            async with session.request(method, url, params=params, data=data,
-                                       headers=await self._auth(headers)) as response:
+            body = data() if callable(data) else data
+            # 308 is an upload session's "resume incomplete", not a redirect
+            async with session.request(method, url, params=params, data=body,
+                                       headers=await self._auth(headers),
+                                       allow_redirects=False) as response:
                 body = await response.read()
                 if response.status >= 400 and response.status not in accept:
                     raise GCSResponseError(response, body)
@@ -449,20 +454,24 @@ class GCSDriver(BaseDriver):
         params = {"uploadType": "multipart"}
         if request.create_only:
             params["ifGenerationMatch"] = "0"
-        try:
-            # the commit: once sent, the server may store the object, so the call waits for
-            # the answer even if cancelled (the cancellation guarantee)
-            reply = await await_to_end(self._call(
-                "POST", self._uploads_url, params=params, data=data,
-                headers={"Content-Type": f"multipart/related; boundary={boundary}"},
-                idempotent=not request.create_only))
-        except GCSResponseError as exc:
-            if request.create_only and exc.status == 412:
-                raise create_only_conflict(self.name, key) from exc
-            raise
-        stored = reply.data
-        await await_to_end(self._verify_stored(key, stored, md5))
-        return stored
+
+        async def commit() -> dict[str, Any]:
+            try:
+                reply = await self._call(
+                    "POST", self._uploads_url, params=params, data=data,
+                    headers={"Content-Type": f"multipart/related; boundary={boundary}"},
+                    idempotent=not request.create_only)
+            except GCSResponseError as exc:
+                if request.create_only and exc.status == 412:
+                    raise create_only_conflict(self.name, key) from exc
+                raise
+            stored = reply.data
+            await self._verify_stored(key, stored, md5)
+            return stored
+
+        # the commit: once sent, the server may store the object, so the call waits for the
+        # answer (and its check) even if cancelled (the cancellation guarantee)
+        return await await_to_end(commit())
 
     # ------------------------------------------------------------------ reading
 
@@ -682,8 +691,9 @@ class _Resumable:
 
     Chunks go out one at a time (``PartRules.max_concurrency`` is 1), each a multiple of
     256 KiB; the engine's parts are aligned, so only the last can be short: it is held back and
-    sent by ``complete`` with the total size (else ``complete`` sends an empty finalize). The
-    running MD5 of the bytes is compared with the server's at the end."""
+    sent by ``complete`` with the total size (else ``complete`` sends an empty finalize). A
+    chunk is sent as the engine's pieces, in slices, with its Content-Length (never joined
+    into one buffer). The running MD5 of the bytes is compared with the server's at the end."""
 
     def __init__(self, driver: GCSDriver, key: str, payload: Payload) -> None:
         self.driver = driver
@@ -691,7 +701,7 @@ class _Resumable:
         self.payload = payload
         self.url: str | None = None
         self.offset = 0  # bytes the server has persisted
-        self.last: bytes = b""
+        self.last: list[bytes | memoryview] = []
         self.md5 = hashlib.md5(usedforsecurity=False)
 
     async def start(self, digest: str | None) -> None:
@@ -707,19 +717,19 @@ class _Resumable:
         self.url = reply.headers["Location"]
 
     async def put_part(self, number: int, pieces: list[bytes | memoryview]) -> str:
-        body = await asyncio.to_thread(_join_hashing, pieces, self.md5)
-        pieces.clear()  # the body owns the only copy now
-        if len(body) % CHUNK_ALIGN:
-            self.last = body  # the last chunk: ``complete`` sends it with the total size
+        # in a worker thread, one chunk at a time: the MD5 follows the order of the bytes
+        await asyncio.to_thread(_hash_pieces, pieces, self.md5)
+        if sum(len(piece) for piece in pieces) % CHUNK_ALIGN:
+            self.last = pieces  # the last chunk: ``complete`` sends it with the total size
         else:
-            await self._send(body, None)
+            await self._send(pieces, None)
         return str(number)
 
     async def complete(self, parts: list[tuple[int, str]], create_only: bool
                        ) -> dict[str, Any]:
-        body, self.last = self.last, b""
+        pieces, self.last = self.last, []
         try:
-            reply = await self._send(body, self.offset + len(body))
+            reply = await self._send(pieces, self.offset + sum(len(p) for p in pieces))
         except GCSResponseError as exc:
             if create_only and exc.status == 412:
                 raise create_only_conflict(self.driver.name, self.key) from exc
@@ -741,29 +751,32 @@ class _Resumable:
             data=json.dumps({"metadata": {DIGEST_METADATA_KEY: digest}}).encode(),
             headers={"Content-Type": _JSON}, idempotent=True, accept=(404, 412))
 
-    async def _send(self, body: bytes, total: int | None) -> _Reply:
-        """PUT *body* at the session's offset (``total``: the object's size, which makes it
-        the final request). Resends what the server did not persist, never what it did."""
+    async def _send(self, pieces: list[bytes | memoryview], total: int | None) -> _Reply:
+        """PUT the bytes of *pieces* at the session's offset (``total``: the object's size,
+        which makes it the final request). Resends what the server did not persist (it may
+        keep less than a chunk), never what it did."""
         assert self.url is not None
-        view = memoryview(body)
-        headers = {"Content-Type": self.payload.request.content_type}
+        start = self.offset  # where the pieces begin
+        end = start + sum(len(piece) for piece in pieces)
         size = "*" if total is None else str(total)
         while True:
             first = self.offset
-            headers["Content-Range"] = (f"bytes {first}-{first + len(view) - 1}/{size}" if view
-                                        else f"bytes */{size}")
-            reply = await self.driver._call("PUT", self.url, data=view, headers=headers,
-                                            idempotent=False)
+            headers = {"Content-Type": self.payload.request.content_type,
+                       "Content-Length": str(end - first),
+                       "Content-Range": f"bytes {first}-{end - 1}/{size}" if end > first
+                       else f"bytes */{size}"}
+            reply = await self.driver._call(
+                "PUT", self.url, data=lambda skip=first - start: _slices(pieces, skip),
+                headers=headers, idempotent=False)
             if reply.status != 308:
                 return reply  # 200/201: the upload is finalized
             persisted = _persisted(reply.headers.get("Range"))
-            if not first < persisted <= first + len(view):
+            if not first < persisted <= end:
                 raise StorageUnavailableError(
-                    f"the upload session holds {persisted} bytes after a chunk ending at "
-                    f"{first + len(view)}", backend=self.driver.name, key=self.key)
-            view = view[persisted - first:]
+                    f"the upload session holds {persisted} bytes after a chunk ending at {end}",
+                    backend=self.driver.name, key=self.key)
             self.offset = persisted
-            if not view and total is None:
+            if persisted == end and total is None:
                 return reply
 
 
@@ -805,22 +818,33 @@ def _persisted(header: str | None) -> int:
     return int(header.rpartition("-")[2]) + 1
 
 
-def _join_hashing(pieces: list[bytes | memoryview], md5: Any) -> bytes:
-    """One chunk's bytes (a lone bytes piece as it is), its MD5 added to *md5*. Runs in a
-    worker thread, one chunk at a time (so the MD5 follows the order of the bytes)."""
-    body = pieces[0] if len(pieces) == 1 and type(pieces[0]) is bytes else b"".join(pieces)
-    md5.update(body)
-    return body
+def _hash_pieces(pieces: list[bytes | memoryview], md5: Any) -> None:
+    for piece in pieces:
+        md5.update(piece)
+
+
+async def _slices(pieces: list[bytes | memoryview], skip: int) -> AsyncIterator[memoryview]:
+    """The bytes of *pieces* after the first *skip*, as slices of at most ``_SLICE`` bytes
+    (the HTTP client buffers no more than one while the socket is busy)."""
+    for piece in pieces:
+        view = memoryview(piece)
+        if skip >= len(view):
+            skip -= len(view)
+            continue
+        for i in range(skip, len(view), _SLICE):
+            yield view[i:i + _SLICE]
+        skip = 0
 
 
 async def _md5_of(body: bytes) -> str:
     """The base64 MD5 of a single upload's body (in a worker thread when it is large)."""
-    md5 = hashlib.md5(usedforsecurity=False)
     if len(body) > MiB:
-        await asyncio.to_thread(md5.update, body)
-    else:
-        md5.update(body)
-    return _b64(md5.digest())
+        return _b64(await asyncio.to_thread(_md5_digest, body))
+    return _b64(_md5_digest(body))
+
+
+def _md5_digest(body: bytes) -> bytes:
+    return hashlib.md5(body, usedforsecurity=False).digest()
 
 
 def _b64(raw: bytes) -> str:
