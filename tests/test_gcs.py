@@ -291,7 +291,20 @@ async def test_create_only_resumable_upload_is_conditional_at_its_finalize(
     assert await watched.download("co/big.bin") == b"first"
 
 
-# ---------------------------------------------------------------- listing, copy, delete
+# ---------------------------------------------------------------- reading, listing, copy, delete
+
+
+async def test_a_ranged_stream_asks_for_the_range_and_arrives_in_chunks(
+        watched: GCSDriver, gcs_proxy: FaultProxy) -> None:
+    raw = os.urandom(3 * MiB)
+    await watched.upload("big.bin", raw)
+    gcs_proxy.seen.clear()
+    chunks = [c async for c in watched.stream("big.bin", 64 * KiB, offset=10, length=2 * MiB)]
+    assert b"".join(chunks) == raw[10:10 + 2 * MiB]
+    assert len(chunks) >= 32 and all(len(c) <= 64 * KiB for c in chunks)
+    [read] = gcs_proxy.seen
+    assert (read.query, read.headers["range"]) == ({"alt": "media"}, f"bytes=10-{2 * MiB + 9}")
+
 
 
 async def test_listing_follows_page_tokens_and_reads_no_object(

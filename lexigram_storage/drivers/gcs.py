@@ -354,7 +354,8 @@ class GCSDriver(BaseDriver):
         session = self._client()
 
         async def attempt() -> aiohttp.ClientResponse:
-            response = await session.get(url, params=params, headers=await self._auth(headers))
+            response = await session.get(url, params=params, headers=await self._auth(headers),
+                                         allow_redirects=False)
             if response.status >= 400:
                 try:
                     body = await response.read()
