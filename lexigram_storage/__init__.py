@@ -1,13 +1,14 @@
 """lexigram_storage: blob storage for the lexigram framework.
 
 One API (``BlobStoreProtocol`` plus copy/move/batch operations) over memory, local disk,
-Amazon S3 and Cloudflare R2 (Google Cloud Storage and Azure Blob are planned), bound into the
+Amazon S3, Cloudflare R2 and Google Cloud Storage (Azure Blob is planned), bound into the
 DI container by ``StorageModule``, with domain events and a conformance suite every driver
 passes.
 
 The drivers are imported on first use (``from lexigram_storage import S3Driver``), so an
 optional SDK is needed only by the code that uses its driver: without aioboto3 that import
-raises an ``ImportError`` naming ``pip install "lexigram_storage[s3]"``.
+raises an ``ImportError`` naming ``pip install "lexigram_storage[s3]"`` (``[gcs]`` for
+``GCSDriver``).
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ from lexigram_storage.provider import StorageProvider
 from lexigram_storage.registry import DriverContext, DriverRegistry
 
 if TYPE_CHECKING:
+    from lexigram_storage.drivers.gcs import GCSDriver as GCSDriver
     from lexigram_storage.drivers.local import LocalDriver as LocalDriver
     from lexigram_storage.drivers.s3 import R2Driver as R2Driver
     from lexigram_storage.drivers.s3 import S3Driver as S3Driver
@@ -77,6 +79,7 @@ _LAZY_DRIVERS = {
     "LocalDriver": "lexigram_storage.drivers.local",
     "S3Driver": "lexigram_storage.drivers.s3",
     "R2Driver": "lexigram_storage.drivers.s3",
+    "GCSDriver": "lexigram_storage.drivers.gcs",
 }
 
 __all__ = [
@@ -130,8 +133,8 @@ __all__ = [
     "StorageUnsupportedOperationError",
     "UploadOptions",
 ]
-# S3Driver and R2Driver are exported too, but left out of __all__ so that a star import does
-# not need aioboto3.
+# S3Driver, R2Driver and GCSDriver are exported too, but left out of __all__ so that a star
+# import needs no optional SDK.
 
 
 def __getattr__(name: str) -> Any:

