@@ -68,8 +68,10 @@ try:
     import aioboto3
     import aiohttp
     import botocore.exceptions as boto_exc
-    from botocore.config import Config as BotoConfig
+    from aiobotocore.config import AioConfig
     from botocore.handlers import add_expect_header
+
+    from lexigram_storage.drivers._http import aiobotocore_session_class
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         'The s3/r2 drivers need aioboto3: pip install "lexigram_storage[s3]"', name=exc.name,
@@ -331,7 +333,9 @@ class S3Driver(BaseDriver):
     # ------------------------------------------------------------------ client lifecycle
 
     def _boto_config(self) -> Any:
-        return BotoConfig(
+        return AioConfig(
+            # request bodies are sent under an idle deadline of read_timeout (drivers/_http.py)
+            http_session_cls=aiobotocore_session_class(),
             region_name=self.region,
             signature_version="s3v4",
             s3={"addressing_style": self.addressing_style},

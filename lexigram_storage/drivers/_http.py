@@ -1,0 +1,161 @@
+"""Request bodies that a hung server cannot hang: the shared piece of the aiohttp-based drivers.
+
+aiohttp bounds connecting (``ClientTimeout.sock_connect``) and waiting for response bytes
+(``sock_read``, re-armed by every byte received), but ``sock_read`` starts only once the request
+body is written, and nothing bounds the writing: a body bigger than what the socket buffers
+take waits in ``StreamWriter.drain()`` for a server that reads nothing, forever. (A ``bytes``
+body is handed to the transport in one piece and drained once; an ``io.BytesIO`` in 64 KiB
+reads, each drained without a deadline.)
+
+:func:`idle_bounded_body` turns an in-memory body (bytes, bytearray, memoryview, ``io.BytesIO``
+from its position) into an :class:`IdleBoundedPayload` that aiohttp writes in slices of
+:data:`SLICE_SIZE` bytes with the same ``Content-Length``. Each slice must be accepted by the
+socket within the idle timeout of the one before it, and so must the last bytes left in the
+transport's buffer: a transfer that keeps moving is never cut, however long it takes. When the
+deadline passes, the connection is dropped (the unsent rest discarded) and the payload raises
+:class:`aiohttp.ServerTimeoutError`; aiohttp hands it to the request waiting for the response,
+and the SDK reports a timeout (aiobotocore: botocore's ``ReadTimeoutError``, retried like any
+read timeout). Bodies up to :data:`SMALL_BODY` are left as they are: writing them never waits,
+and the small-request hot path costs nothing more. No extra task: the deadline lives in
+aiohttp's own body-writing task.
+
+So with ``sock_connect=connect_timeout`` and ``sock_read=read_timeout``, an attempt fails after
+``connect_timeout`` without a connection, or ``read_timeout`` without progress: no slice of the
+body accepted, then no byte of the answer. ``sock_read`` starts once the body is with the OS,
+so what is still in the socket's send buffer (up to 4 MiB on Linux) must reach the server, and
+its answer begin, within ``read_timeout``: the one limit, as in any HTTP client.
+
+Use: the S3 driver through :func:`aiobotocore_session_class`; an SDK on a plain aiohttp session
+passes its request bodies through :func:`idle_bounded_body` in its transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import io
+from typing import Any
+
+from aiohttp import ServerTimeoutError
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.payload import Payload
+
+__all__ = ["SLICE_SIZE", "SMALL_BODY", "IdleBoundedPayload", "aiobotocore_session_class",
+           "idle_bounded_body"]
+
+#: bodies up to this size are sent as they are: asyncio's default high-water mark, below which
+#: aiohttp never waits for the transport to drain, so writing them cannot hang
+SMALL_BODY = 64 * 1024
+#: bigger bodies are written in slices of this size, each under the idle deadline
+SLICE_SIZE = 256 * 1024
+
+
+class IdleBoundedPayload(Payload):
+    """An in-memory request body written in slices, each of which must be accepted by the socket
+    within *idle_timeout* seconds of the previous one (else :class:`aiohttp.ServerTimeoutError`).
+    Its size is known, so the request keeps its ``Content-Length`` (no chunked encoding)."""
+
+    _value: memoryview
+    _autoclose = True  # nothing to release
+
+    def __init__(self, value: memoryview, idle_timeout: float) -> None:
+        super().__init__(value, content_type="application/octet-stream")
+        self._size = value.nbytes
+        self._idle_timeout = idle_timeout
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        return str(self._value, encoding, errors)
+
+    async def as_bytes(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+        return self._value.tobytes()
+
+    async def write(self, writer: AbstractStreamWriter) -> None:
+        await self.write_with_length(writer, None)
+
+    async def write_with_length(self, writer: AbstractStreamWriter,
+                                content_length: int | None) -> None:
+        view = self._value if content_length is None else self._value[:content_length]
+        transport = getattr(writer, "transport", None)  # aiohttp's StreamWriter has one
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(None) as deadline:
+                for start in range(0, view.nbytes, SLICE_SIZE):
+                    deadline.reschedule(loop.time() + self._idle_timeout)
+                    # returns once the transport's buffer is below its high-water mark again
+                    await writer.write(view[start:start + SLICE_SIZE])
+                if transport is not None and transport.get_write_buffer_size():
+                    deadline.reschedule(loop.time() + self._idle_timeout)
+                    await _flushed(writer, transport)
+        except TimeoutError as exc:
+            _drop(transport)
+            raise ServerTimeoutError(
+                f"Timeout on writing the request body: the server took no data for "
+                f"{self._idle_timeout} s") from exc
+        except BaseException:  # cancelled, or the connection failed: it cannot be reused
+            _drop(transport)
+            raise
+
+
+def _drop(transport: asyncio.WriteTransport | None) -> None:
+    """Drop a connection whose request body was not sent whole, discarding the unsent rest:
+    closing it would keep the socket open until that rest reaches a hung server, if ever (and
+    the server would never get a complete request)."""
+    if transport is not None:
+        transport.abort()
+
+
+async def _flushed(writer: AbstractStreamWriter, transport: asyncio.WriteTransport) -> None:
+    """Wait until *transport* has handed every buffered byte to the OS. Then the wait for the
+    answer (aiohttp's ``sock_read``) starts with the whole body sent, and if it times out the
+    connection closes at once instead of waiting to flush the rest into a hung server."""
+    low, high = transport.get_write_buffer_limits()
+    transport.set_write_buffer_limits(high=0)  # pauses writing until the buffer is empty
+    try:
+        await writer.drain()
+    finally:
+        transport.set_write_buffer_limits(high=high, low=low)
+
+
+def idle_bounded_body(body: Any, idle_timeout: float) -> Any:
+    """*body* as an :class:`IdleBoundedPayload` when it is an in-memory body bigger than
+    :data:`SMALL_BODY` (bytes, bytearray, a byte memoryview, or an ``io.BytesIO`` from its
+    current position, which does not move), else *body* itself. Nothing is copied."""
+    if isinstance(body, bytes | bytearray):
+        view = memoryview(body)
+    elif isinstance(body, memoryview) and body.c_contiguous:
+        view = body.cast("B")
+    elif isinstance(body, io.BytesIO):
+        # getvalue() shares the BytesIO's buffer; getbuffer() would lock it against resizing
+        view = memoryview(body.getvalue())[body.tell():]
+    else:
+        return body
+    if view.nbytes <= SMALL_BODY:
+        return body
+    return IdleBoundedPayload(view, idle_timeout)
+
+
+@functools.cache
+def aiobotocore_session_class() -> type[Any]:
+    """aiobotocore's HTTP session (``AioConfig(http_session_cls=...)``) sending request bodies
+    through :func:`idle_bounded_body` with the client's ``read_timeout``. Built on first use:
+    this module must import without aiobotocore (the GCS and Azure drivers use it too)."""
+    from aiobotocore.httpsession import AIOHTTPSession
+
+    class IdleBoundedAIOHTTPSession(AIOHTTPSession):  # type: ignore[misc]  # untyped base
+        def __init__(self, *, timeout: float | tuple[float, float] | None = None,
+                     **kwargs: Any) -> None:
+            super().__init__(timeout=timeout, **kwargs)
+            read_timeout = timeout[1] if isinstance(timeout, tuple | list) else timeout
+            self._idle_timeout = read_timeout
+
+        async def send(self, request: Any) -> Any:
+            body = request.body
+            if self._idle_timeout is not None:
+                # after signing, for this attempt only: a retry rewinds and re-signs the original
+                request.body = idle_bounded_body(body, self._idle_timeout)
+            try:
+                return await super().send(request)
+            finally:
+                request.body = body
+
+    return IdleBoundedAIOHTTPSession
