@@ -600,6 +600,31 @@ async def test_paused_server_never_hangs_a_read_or_a_write(
         assert await driver.download("k.txt") == b"x"  # back once the server is
 
 
+async def test_a_server_paused_mid_upload_never_hangs_a_chunk(
+        gcs_server_factory: Callable[[], GcsSettings]) -> None:
+    """The session is open and a 32 MiB chunk (more than the socket buffers take) goes to a
+    server that stopped reading: the upload fails within the timeouts, and nothing is stored."""
+    s = gcs_server_factory()
+    create_gcs_bucket(s, "bkt")
+    assert s.emulator is not None
+    emulator = s.emulator
+    async with make_driver(s.endpoint_url, "bkt", None, connect_timeout=1, read_timeout=1,
+                           max_attempts=1, chunk_size=32 * MiB) as driver:
+        async def source() -> AsyncIterator[bytes]:
+            yield os.urandom(32 * MiB)  # the session starts, the first chunk is on its way...
+            emulator.pause()  # ...to a server that stops reading
+            yield os.urandom(MiB)
+
+        try:
+            t0 = time.monotonic()
+            with pytest.raises(StorageUnavailableError):
+                await asyncio.wait_for(driver.upload("p.bin", source()), 30)
+            assert time.monotonic() - t0 < 15
+        finally:
+            emulator.resume()
+        assert not await driver.exists("p.bin")
+
+
 # ---------------------------------------------------------------- objects written by others
 
 

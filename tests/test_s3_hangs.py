@@ -10,7 +10,7 @@ to its end even when cancelled.)
 
 Every test takes its server from the ``pausable_server`` fixture: any object with
 ``endpoint_url``, ``access_key``, ``secret_key``, ``region`` and ``emulator.pause()`` /
-``emulator.resume()`` will do (moto here; another S3 server by swapping the fixture).
+``emulator.resume()`` will do: each test runs on moto and on SeaweedFS.
 """
 
 from __future__ import annotations
@@ -35,10 +35,15 @@ BACKEND = "s3-hang"
 T = TypeVar("T")
 
 
-@pytest.fixture
-def pausable_server(emulator_factory: Callable[[str], S3Settings]) -> S3Settings:
-    """A private S3 server this test may pause (and always resumes)."""
-    return emulator_factory("s3")
+@pytest.fixture(params=["moto", "seaweedfs"])
+def pausable_server(request: pytest.FixtureRequest,
+                    emulator_factory: Callable[[str], S3Settings]) -> S3Settings:
+    """An S3 server this test may pause (and always resumes): a private moto server, and the
+    session's SeaweedFS (a real S3 implementation, with its own buffering and timing)."""
+    if request.param == "moto":
+        return emulator_factory("s3")
+    settings: S3Settings = request.getfixturevalue("seaweedfs_server")
+    return settings
 
 
 @pytest.fixture

@@ -25,8 +25,8 @@ body accepted, then no byte of the answer. ``sock_read`` starts once the body is
 so what is still in the socket's send buffer (up to 4 MiB on Linux) must reach the server, and
 its answer begin, within ``read_timeout``: the one limit, as in any HTTP client.
 
-Use: the S3 driver through :func:`aiobotocore_session_class`; an SDK on a plain aiohttp session
-passes its request bodies through :func:`idle_bounded_body` in its transport.
+Use: the S3 driver through :func:`aiobotocore_session_class`; the GCS driver passes each request
+body (a part's pieces as a list, without joining them) through :func:`idle_bounded_body`.
 """
 
 from __future__ import annotations
@@ -51,38 +51,43 @@ SLICE_SIZE = 256 * 1024
 
 
 class IdleBoundedPayload(Payload):
-    """An in-memory request body written in slices, each of which must be accepted by the socket
-    within *idle_timeout* seconds of the previous one (else :class:`aiohttp.ServerTimeoutError`).
-    Its size is known, so the request keeps its ``Content-Length`` (no chunked encoding)."""
+    """An in-memory request body (one or more byte views, sent in order) written in slices,
+    each of which must be accepted by the socket within *idle_timeout* seconds of the previous
+    one (else :class:`aiohttp.ServerTimeoutError`). Its size is known, so the request keeps its
+    ``Content-Length`` (no chunked encoding)."""
 
-    _value: memoryview
+    _value: list[memoryview]
     _autoclose = True  # nothing to release
 
-    def __init__(self, value: memoryview, idle_timeout: float) -> None:
-        super().__init__(value, content_type="application/octet-stream")
-        self._size = value.nbytes
+    def __init__(self, views: list[memoryview], idle_timeout: float) -> None:
+        super().__init__(views, content_type="application/octet-stream")
+        self._total = sum(view.nbytes for view in views)
+        self._size = self._total  # aiohttp's Content-Length
         self._idle_timeout = idle_timeout
 
     def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
-        return str(self._value, encoding, errors)
+        return b"".join(self._value).decode(encoding, errors)
 
     async def as_bytes(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
-        return self._value.tobytes()
+        return b"".join(self._value)
 
     async def write(self, writer: AbstractStreamWriter) -> None:
         await self.write_with_length(writer, None)
 
     async def write_with_length(self, writer: AbstractStreamWriter,
                                 content_length: int | None) -> None:
-        view = self._value if content_length is None else self._value[:content_length]
+        left = self._total if content_length is None else min(content_length, self._total)
         transport = getattr(writer, "transport", None)  # aiohttp's StreamWriter has one
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(None) as deadline:
-                for start in range(0, view.nbytes, SLICE_SIZE):
-                    deadline.reschedule(loop.time() + self._idle_timeout)
-                    # returns once the transport's buffer is below its high-water mark again
-                    await writer.write(view[start:start + SLICE_SIZE])
+                for view in self._value:
+                    for start in range(0, min(view.nbytes, left), SLICE_SIZE):
+                        piece = view[start:start + min(SLICE_SIZE, left)]
+                        deadline.reschedule(loop.time() + self._idle_timeout)
+                        # returns once the transport's buffer is below its high-water mark
+                        await writer.write(piece)
+                        left -= piece.nbytes
                 if transport is not None and transport.get_write_buffer_size():
                     deadline.reschedule(loop.time() + self._idle_timeout)
                     await _flushed(writer, transport)
@@ -118,20 +123,23 @@ async def _flushed(writer: AbstractStreamWriter, transport: asyncio.WriteTranspo
 
 def idle_bounded_body(body: Any, idle_timeout: float) -> Any:
     """*body* as an :class:`IdleBoundedPayload` when it is an in-memory body bigger than
-    :data:`SMALL_BODY` (bytes, bytearray, a byte memoryview, or an ``io.BytesIO`` from its
-    current position, which does not move), else *body* itself. Nothing is copied."""
-    if isinstance(body, bytes | bytearray):
-        view = memoryview(body)
+    :data:`SMALL_BODY`: bytes, bytearray, a byte memoryview, an ``io.BytesIO`` from its current
+    position (which does not move), or a list of those bytes-like pieces sent one after the
+    other; else *body* itself (a small list joined). Nothing big is copied."""
+    if isinstance(body, list):
+        views = [memoryview(piece).cast("B") for piece in body]
+    elif isinstance(body, bytes | bytearray):
+        views = [memoryview(body)]
     elif isinstance(body, memoryview) and body.c_contiguous:
-        view = body.cast("B")
+        views = [body.cast("B")]
     elif isinstance(body, io.BytesIO):
         # getvalue() shares the BytesIO's buffer; getbuffer() would lock it against resizing
-        view = memoryview(body.getvalue())[body.tell():]
+        views = [memoryview(body.getvalue())[body.tell():]]
     else:
         return body
-    if view.nbytes <= SMALL_BODY:
-        return body
-    return IdleBoundedPayload(view, idle_timeout)
+    if sum(view.nbytes for view in views) <= SMALL_BODY:
+        return b"".join(views) if isinstance(body, list) else body
+    return IdleBoundedPayload(views, idle_timeout)
 
 
 @functools.cache

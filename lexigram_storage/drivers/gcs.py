@@ -44,6 +44,7 @@ from urllib.parse import quote, urlsplit
 from lexigram.contracts.infra.storage import StorageError
 
 from lexigram_storage.config import StorageGCSConfig, settings_from
+from lexigram_storage.drivers._http import idle_bounded_body
 from lexigram_storage.drivers._parts import PartRules, upload
 from lexigram_storage.drivers.base import BaseDriver, await_to_end, create_only_conflict
 from lexigram_storage.errors import (
@@ -336,7 +337,7 @@ class GCSDriver(BaseDriver):
         session = self._client()
 
         async def attempt() -> _Reply:
-            body = data() if callable(data) else data
+            body = idle_bounded_body(data() if callable(data) else data, self.read_timeout)
             # 308 is an upload session's "resume incomplete", not a redirect
             async with session.request(method, url, params=params, data=body,
                                        headers=await self._auth(headers),
@@ -767,7 +768,7 @@ class _Resumable:
                        "Content-Range": f"bytes {first}-{end - 1}/{size}" if end > first
                        else f"bytes */{size}"}
             reply = await self.driver._call(
-                "PUT", self.url, data=lambda skip=first - start: _slices(pieces, skip),
+                "PUT", self.url, data=lambda skip=first - start: _after(pieces, skip),
                 headers=headers, idempotent=False)
             if reply.status != 308:
                 return reply  # 200/201: the upload is finalized
@@ -824,17 +825,16 @@ def _hash_pieces(pieces: list[bytes | memoryview], md5: Any) -> None:
         md5.update(piece)
 
 
-async def _slices(pieces: list[bytes | memoryview], skip: int) -> AsyncIterator[memoryview]:
-    """The bytes of *pieces* after the first *skip*, as slices of at most ``_SLICE`` bytes
-    (the HTTP client buffers no more than one while the socket is busy)."""
+def _after(pieces: list[bytes | memoryview], skip: int) -> list[bytes | memoryview]:
+    """The bytes of *pieces* after the first *skip*, as views (nothing copied)."""
+    rest: list[bytes | memoryview] = []
     for piece in pieces:
-        view = memoryview(piece)
-        if skip >= len(view):
-            skip -= len(view)
+        if skip >= len(piece):
+            skip -= len(piece)
             continue
-        for i in range(skip, len(view), _SLICE):
-            yield view[i:i + _SLICE]
+        rest.append(memoryview(piece)[skip:] if skip else piece)
         skip = 0
+    return rest
 
 
 async def _md5_of(body: bytes) -> str:
