@@ -1,7 +1,7 @@
 """lexigram_storage: blob storage for the lexigram framework.
 
 One API (``BlobStoreProtocol`` plus copy/move/batch operations) over memory, local disk,
-Amazon S3 and Cloudflare R2 (Google Cloud Storage and Azure Blob are planned), bound into the
+Amazon S3, Cloudflare R2 and Azure Blob Storage (Google Cloud Storage is planned), bound into the
 DI container by ``StorageModule``, with domain events and a conformance suite every driver
 passes.
 
@@ -67,12 +67,14 @@ from lexigram_storage.provider import StorageProvider
 from lexigram_storage.registry import DriverContext, DriverRegistry
 
 if TYPE_CHECKING:
+    from lexigram_storage.drivers.azure import AzureDriver as AzureDriver
     from lexigram_storage.drivers.local import LocalDriver as LocalDriver
     from lexigram_storage.drivers.s3 import R2Driver as R2Driver
     from lexigram_storage.drivers.s3 import S3Driver as S3Driver
 
 # Drivers loaded on first access: driver class name -> module holding it.
 _LAZY_DRIVERS = {
+    "AzureDriver": "lexigram_storage.drivers.azure",
     "LocalDriver": "lexigram_storage.drivers.local",
     "S3Driver": "lexigram_storage.drivers.s3",
     "R2Driver": "lexigram_storage.drivers.s3",
@@ -128,8 +130,8 @@ __all__ = [
     "StorageUnsupportedOperationError",
     "UploadOptions",
 ]
-# S3Driver and R2Driver are exported too, but left out of __all__ so that a star import does
-# not need aioboto3.
+# S3Driver, R2Driver and AzureDriver are exported too, but left out of __all__ so that a star
+# import needs neither aioboto3 nor azure-storage-blob.
 
 
 def __getattr__(name: str) -> Any:

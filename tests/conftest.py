@@ -20,7 +20,7 @@ from lexigram_storage.drivers._fs import PORTABLE_ENV
 os.environ.setdefault("LEX_LOGGING__LEVEL", "CRITICAL")
 os.environ.setdefault("LEX_QUIET", "1")
 
-pytest_plugins = ["tests.emulators", "tests.support"]  # fixtures: emulator servers, `running` apps
+pytest_plugins = ["tests.emulators", "tests.azurite_server", "tests.support"]  # fixtures: servers, apps
 
 LOCAL_MODES = ("native", "portable")
 

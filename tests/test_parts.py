@@ -11,6 +11,7 @@ import hashlib
 import io
 import os
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -108,6 +109,20 @@ async def test_a_seekable_file_starts_with_its_digest(tmp_path: Path) -> None:
     assert sink.committed == raw
     assert sink.started_with == [hashlib.sha256(raw).hexdigest()]
     assert sink.recorded is None  # nothing left to record
+
+
+async def test_without_prehash_a_file_starts_without_its_digest(tmp_path: Path) -> None:
+    """``prehash=False`` (a backend whose commit carries the digest): no pass over the file
+    before the upload; the digest reaches the sink after the commit."""
+    raw = os.urandom(200 * KiB)
+    path = tmp_path / "f"
+    path.write_bytes(raw)
+    sink = MemorySink()
+    with path.open("rb") as f:
+        await upload(payload(f), replace(RULES, prehash=False), whole_not_expected, sink)
+    assert sink.committed == raw
+    assert sink.started_with == [None]
+    assert sink.recorded == hashlib.sha256(raw).hexdigest()
 
 
 async def test_small_payloads_are_one_request() -> None:

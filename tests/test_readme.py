@@ -187,14 +187,17 @@ def test_readme_shows_both_set_up_commands() -> None:
 
 def test_every_driver_is_importable_from_the_package() -> None:
     import lexigram_storage
-    from lexigram_storage import LocalDriver, MemoryDriver, R2Driver, S3Driver
+    from lexigram_storage import AzureDriver, LocalDriver, MemoryDriver, R2Driver, S3Driver
+    from lexigram_storage.drivers.azure import AzureDriver as azure_cls
     from lexigram_storage.drivers.local import LocalDriver as local_cls
     from lexigram_storage.drivers.memory import MemoryDriver as memory_cls
     from lexigram_storage.drivers.s3 import R2Driver as r2_cls
     from lexigram_storage.drivers.s3 import S3Driver as s3_cls
 
-    assert (LocalDriver, MemoryDriver, S3Driver, R2Driver) == (local_cls, memory_cls, s3_cls, r2_cls)
-    assert {"LocalDriver", "MemoryDriver", "S3Driver", "R2Driver"} <= set(dir(lexigram_storage))
+    assert (LocalDriver, MemoryDriver, S3Driver, R2Driver, AzureDriver) == (
+        local_cls, memory_cls, s3_cls, r2_cls, azure_cls)
+    assert {"LocalDriver", "MemoryDriver", "S3Driver", "R2Driver", "AzureDriver"} <= set(
+        dir(lexigram_storage))
     with pytest.raises(AttributeError, match="no attribute 'GCSDriver'"):
         lexigram_storage.GCSDriver  # noqa: B018  (planned, not available yet)
 
