@@ -243,10 +243,11 @@ class AzureDriver(BaseDriver):
         settings = settings_from(self.config_model, {**given, **more}, backend=self.name)
         self.settings = settings
         self._container_name = settings.container
-        self._connection_string = _secret(settings.connection_string)
-        fields = _connection_fields(self._connection_string or "")
+        self._connection_string = settings.connection_string
+        fields = _connection_fields(_secret(self._connection_string) or "")
         self.account_name = settings.account_name or fields.get("accountname")
-        self._account_key = _secret(settings.account_key) or fields.get("accountkey")
+        key = fields.get("accountkey")
+        self._account_key = settings.account_key or (SecretStr(key) if key else None)
         self.account_url = (settings.account_url or fields.get("blobendpoint")
                             or self._default_account_url(fields)).rstrip("/")
         self.public_url = settings.public_url.rstrip("/") if settings.public_url else None
@@ -299,10 +300,12 @@ class AzureDriver(BaseDriver):
             "max_chunk_get_size": self.download_chunk_size,
         }
         if self._connection_string is not None:
-            return BlobServiceClient.from_connection_string(self._connection_string, **options)
+            return BlobServiceClient.from_connection_string(
+                self._connection_string.get_secret_value(), **options)
         credential: Any
         if self._account_key is not None:
-            credential = AzureNamedKeyCredential(str(self.account_name), self._account_key)
+            credential = AzureNamedKeyCredential(str(self.account_name),
+                                                 self._account_key.get_secret_value())
         elif self._credential is not None:
             credential = self._credential
         else:
@@ -573,7 +576,7 @@ class AzureDriver(BaseDriver):
         container = await self._client()
         signing: dict[str, Any]
         if self._account_key is not None:
-            signing = {"account_key": self._account_key}
+            signing = {"account_key": self._account_key.get_secret_value()}
         elif self._connection_string is None:
             signing = {"user_delegation_key": await self._delegation_key(now, expiry)}
         else:
