@@ -434,6 +434,7 @@ class BusyServer:
 
     def __init__(self) -> None:
         self.requests = 0
+        self.bodies: list[int] = []  # the size of each request body, read to its end
         self.server: asyncio.Server | None = None
 
     async def __aenter__(self) -> str:
@@ -455,7 +456,7 @@ class BusyServer:
                     name, _, value = line.partition(":")
                     if name.strip().lower() == "content-length":
                         length = int(value)
-                await reader.readexactly(length)
+                self.bodies.append(len(await reader.readexactly(length)))
                 self.requests += 1
                 writer.write(b"HTTP/1.1 503 Server Busy\r\nx-ms-error-code: ServerBusy\r\n"
                              b"Content-Length: 0\r\n\r\n")
@@ -465,17 +466,20 @@ class BusyServer:
 
 
 @pytest.mark.parametrize("attempts", [1, 3])
-async def test_retries_are_the_shared_setting(attempts: int) -> None:
-    """``max_attempts`` requests in all, not the SDK's own retry count."""
+@pytest.mark.parametrize("size", [10, MiB], ids=["put-blob", "block"])
+async def test_retries_are_the_shared_setting(attempts: int, size: int) -> None:
+    """``max_attempts`` requests in all, not the SDK's own retry count; a retried block sends
+    its whole body again."""
     busy = BusyServer()
     async with busy as url:
         driver = AzureDriver("devstoreaccount1", "a2V5", "box", account_url=url,
-                             max_attempts=attempts)
+                             max_attempts=attempts, block_upload_threshold=MiB, block_size=MiB)
         async with driver:
             with pytest.raises(StorageUnavailableError) as exc:
-                await driver.upload("k.txt", b"x")
+                await driver.upload("k.bin", os.urandom(size))
     assert exc.value.details["error_code"] == "ServerBusy"
     assert busy.requests == attempts
+    assert busy.bodies == [size] * attempts
 
 
 async def test_health_check(store: AzureDriver, azurite: AzuriteSettings) -> None:

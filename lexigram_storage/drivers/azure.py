@@ -620,13 +620,11 @@ class _Blocks:
         return None
 
     async def put_part(self, number: int, pieces: list[bytes | memoryview]) -> str:
-        if len(pieces) == 1 and type(pieces[0]) is bytes:
-            body = pieces[0]
-        else:
-            body = await asyncio.to_thread(b"".join, pieces)
-        pieces.clear()  # the body owns the only copy now
+        length = sum(len(piece) for piece in pieces)
         block_id = f"{self.upload_id}{number:06d}"  # fixed width; the SDK base64-encodes it
-        await self.blob.stage_block(block_id, body, length=len(body))
+        # the SDK hands any async iterable to aiohttp as it is (its stub names sync types only)
+        body: Any = _BlockBody(pieces)
+        await self.blob.stage_block(block_id, body, length=length)
         return block_id
 
     async def complete(self, parts: list[tuple[int, str]], create_only: bool) -> dict[str, Any]:
@@ -653,6 +651,24 @@ class _Blocks:
 
     async def record_digest(self, result: dict[str, Any], digest: str) -> None:
         return None  # complete() stored it
+
+
+class _BlockBody:
+    """A block's bytes sent as the pieces they arrived in, never copied: an async iterable body,
+    which aiohttp writes slice by slice (at most 256 KiB each), waiting for the socket in
+    between. Given one big bytes object, asyncio's transport would keep a second copy of what
+    the socket did not take at once. Every attempt (a retry too) starts from the first byte."""
+
+    SLICE = 256 * 1024
+
+    def __init__(self, pieces: list[bytes | memoryview]) -> None:
+        self.pieces = pieces
+
+    async def __aiter__(self) -> AsyncIterator[memoryview]:
+        for piece in self.pieces:
+            view = memoryview(piece)
+            for start in range(0, len(view), self.SLICE):
+                yield view[start:start + self.SLICE]
 
 
 def _start_from(prefix: str, start_after: str | None) -> str | None:
