@@ -10,6 +10,9 @@ tokens (signature, expiry, permissions), conditional headers and batch requests.
 
 from __future__ import annotations
 
+import shutil
+import ssl
+import subprocess
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
@@ -42,6 +45,39 @@ class Azurite(Emulator):
                 f"{self.endpoint}/{ACCOUNT}?comp=list")  # answers 403 once it is up
 
 
+class AzuriteEntra(Azurite):
+    """Azurite over HTTPS with Entra ID checks (``--oauth basic``: bearer tokens must name the
+    storage audience and an Entra issuer and be in their validity window; their signature is not
+    checked), for the token-credential and user-delegation SAS paths. *cert* and *key* are a
+    self-signed certificate for 127.0.0.1."""
+
+    def __init__(self, cert: Path, key: str | Path) -> None:
+        self.cert, self.key = cert, Path(key)
+        self.probe_context = ssl.create_default_context(cafile=str(cert))
+        super().__init__()
+
+    @property
+    def endpoint(self) -> str:
+        return f"https://{HOST}:{self.port}"
+
+    def _cmd(self) -> tuple[list[str], str]:
+        cmd, probe = super()._cmd()
+        return ([*cmd, "--oauth", "basic", "--cert", str(self.cert), "--key", str(self.key)],
+                probe)
+
+
+def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
+    """A certificate and key for 127.0.0.1 made by ``openssl`` (the test is skipped without)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is needed to make a certificate for Azurite over HTTPS")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+                    "-out", str(cert), "-days", "2", "-subj", f"/CN={HOST}",
+                    "-addext", f"subjectAltName=IP:{HOST}"], check=True, capture_output=True)
+    return cert, key
+
+
 @dataclass
 class AzuriteSettings:
     account_url: str
@@ -55,11 +91,12 @@ class AzuriteSettings:
                 f"AccountKey={self.account_key};BlobEndpoint={self.account_url};")
 
 
-def start_azurite() -> AzuriteSettings:
+def start_azurite(entra_certificate: tuple[Path, Path] | None = None) -> AzuriteSettings:
+    """A new server; with *entra_certificate* (cert, key) one over HTTPS checking Entra ID."""
     if not AZURITE_BLOB.exists():
         pytest.skip(f"Azurite is not installed ({AZURITE_BLOB} is missing); install it with: "
                     f"{INSTALL}")
-    emu = Azurite()
+    emu = Azurite() if entra_certificate is None else AzuriteEntra(*entra_certificate)
     return AzuriteSettings(account_url=f"{emu.endpoint}/{ACCOUNT}", emulator=emu)
 
 
@@ -69,6 +106,19 @@ def azurite() -> Iterator[AzuriteSettings]:
     settings = start_azurite()
     try:
         yield settings
+    finally:
+        assert settings.emulator is not None
+        settings.emulator.close()
+
+
+@pytest.fixture(scope="module")
+def azurite_entra(tmp_path_factory: pytest.TempPathFactory
+                  ) -> Iterator[tuple[AzuriteSettings, Path]]:
+    """Azurite over HTTPS checking Entra ID bearer tokens, and its certificate."""
+    cert, key = self_signed_certificate(tmp_path_factory.mktemp("azurite-tls"))
+    settings = start_azurite((cert, key))
+    try:
+        yield settings, cert
     finally:
         assert settings.emulator is not None
         settings.emulator.close()

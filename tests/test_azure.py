@@ -12,6 +12,7 @@ import sys
 import tracemalloc
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Annotated, Any
 
 import httpx
@@ -32,7 +33,7 @@ from lexigram_storage.errors import (
     StorageRequestRejectedError,
     StorageUnavailableError,
 )
-from tests.azurite_server import AzuriteSettings, azure_service_for, create_container
+from tests.azurite_server import ROOT, AzuriteSettings, azure_service_for, create_container
 from tests.emulators import HOST
 
 
@@ -386,8 +387,10 @@ async def test_a_refused_request_is_not_an_outage(store: AzureDriver, azure_serv
     assert await store.download("leased.bin") == b"x"
 
 
-async def test_paused_server_never_hangs_a_call(
+async def test_paused_server_times_out_reads_and_small_writes(
         azurite_factory: Callable[[], AzuriteSettings]) -> None:
+    """``read_timeout`` bounds every wait for an answer. (A request body bigger than what the
+    socket buffers take, written to a stalled server, is not bounded by it yet.)"""
     s = azurite_factory()
     container = await create_container(s)
     async with make_driver(s, container, connect_timeout=1, read_timeout=1.5) as driver:
@@ -566,6 +569,88 @@ def test_missing_extras_are_named(script: str, expected: str) -> None:
     assert result.stdout.strip().splitlines()[-1] == expected
 
 
+ENTRA_ID = """\
+import asyncio, base64, json, ssl, sys, time
+from datetime import timedelta
+from pathlib import Path
+import httpx
+from azure.core.credentials import AccessToken
+from azure.storage.blob.aio import BlobServiceClient
+from lexigram_storage import AzureDriver, StoragePermissionError
+
+url, cert = sys.argv[1], sys.argv[2]
+
+
+def part(data):
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+
+class Token:
+    \"\"\"An Entra ID credential whose tokens carry the claims Azurite checks (it does not check
+    the signature: these tokens are not signed).\"\"\"
+
+    def __init__(self, audience):
+        self.audience = audience
+
+    async def get_token(self, *scopes, **options):
+        now = int(time.time())
+        claims = {"aud": self.audience, "iss": "https://sts.windows.net/" + "1" * 8 + "-1111-1111"
+                  "-1111-" + "1" * 12 + "/", "nbf": now - 60, "iat": now - 60, "exp": now + 3600,
+                  "oid": "2" * 8 + "-2222-2222-2222-" + "2" * 12,
+                  "tid": "1" * 8 + "-1111-1111-1111-" + "1" * 12}
+        return AccessToken(part({"alg": "RS256", "typ": "JWT"}) + "." + part(claims) + ".c2ln",
+                           now + 3600)
+
+    async def close(self):
+        pass
+
+
+async def main():
+    storage = Token("https://storage.azure.com")
+    async with BlobServiceClient(url, credential=storage) as service:
+        await service.create_container("entra")
+    async with AzureDriver("devstoreaccount1", container="entra", account_url=url,
+                           credential=storage, max_attempts=1) as store:
+        await store.upload("a.txt", b"hello")
+        print("download", (await store.download("a.txt")).decode())
+        get_url = await store.get_presigned_url("a.txt", timedelta(minutes=5))
+        print("user delegation SAS", "skoid=" in get_url and "sp=r&" in get_url)
+        async with httpx.AsyncClient(verify=ssl.create_default_context(cafile=cert)) as http:
+            print("get", (await http.get(get_url)).status_code)
+            print("tampered", (await http.get(get_url.replace("sig=", "sig=A", 1))).status_code)
+            put_url = await store.get_presigned_url("b.txt", method="PUT")
+            answer = await http.put(put_url, content=b"up", headers={"x-ms-blob-type": "BlockBlob"})
+            print("put", answer.status_code)
+        print("uploaded", (await store.download("b.txt")).decode())
+    async with AzureDriver("devstoreaccount1", container="entra", account_url=url,
+                           credential=Token("https://example.com"), max_attempts=1) as other:
+        try:
+            await other.download("a.txt")
+        except StoragePermissionError as exc:
+            print("wrong audience", exc.details["status"])
+
+
+asyncio.run(main())
+"""
+
+
+def test_entra_id_credential_and_user_delegation_sas(
+        azurite_entra: tuple[AzuriteSettings, Path]) -> None:
+    """A token credential authenticates every request; SAS URLs are then signed with a user
+    delegation key. Azurite over HTTPS checks the tokens' audience, issuer and validity, and the
+    SAS signatures. Run in a fresh interpreter that trusts the test certificate (aiohttp reads
+    the CA settings when it is imported)."""
+    settings, cert = azurite_entra
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LEX_", "PYTEST_"))}
+    env.update(LEX_QUIET="1", SSL_CERT_FILE=str(cert), PYTHONPATH=str(ROOT))
+    result = subprocess.run([sys.executable, "-c", ENTRA_ID, settings.account_url, str(cert)],
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [line for line in result.stdout.splitlines() if not line.startswith("20")]
+    assert lines == ["download hello", "user delegation SAS True", "get 200", "tampered 403",
+                     "put 201", "uploaded up", "wrong audience 403"]
+
+
 async def test_named_azure_backend_in_an_application(azurite: AzuriteSettings) -> None:
     from lexigram import Application
     from lexigram.di.markers import Named
@@ -599,6 +684,18 @@ async def test_named_azure_backend_in_an_application(azurite: AzuriteSettings) -
     finally:
         await app.stop()
     assert files._container is None
+
+
+async def test_entra_id_by_default_without_a_key() -> None:
+    """Without key or connection string the driver makes its own DefaultAzureCredential when it
+    opens its client, and closes it with the client."""
+    from azure.identity.aio import DefaultAzureCredential
+
+    driver = AzureDriver("acct", container="box")
+    await driver.prepare()
+    assert isinstance(driver._owned_credential, DefaultAzureCredential)
+    await driver.close()
+    assert driver._owned_credential is None
 
 
 async def test_close_releases_the_client(store: AzureDriver) -> None:
