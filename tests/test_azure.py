@@ -28,6 +28,7 @@ from lexigram_storage.errors import (
     StorageBucketNotFoundError,
     StorageConfigurationError,
     StorageError,
+    StorageFileNotFoundError,
     StoragePartialDeleteError,
     StoragePermissionError,
     StorageRequestRejectedError,
@@ -349,6 +350,67 @@ async def test_get_url_forms(azurite: AzuriteSettings) -> None:
 # ---------------------------------------------------------------- errors, faults, health
 
 
+def service_error(kind: type[Any], status: int, code: str) -> Any:
+    """An SDK exception as the storage SDK raises it for an answer (status and error code)."""
+    exc = kind(message=f"{code}: what the service said\nRequestId:1\nTime:now")
+    exc.status_code, exc.error_code = status, code
+    return exc
+
+
+@pytest.mark.parametrize(("kind", "status", "code", "expected"), [
+    ("ResourceNotFoundError", 404, "ContainerNotFound", StorageBucketNotFoundError),
+    ("ResourceNotFoundError", 404, "BlobNotFound", StorageFileNotFoundError),
+    ("ClientAuthenticationError", 403, "AuthenticationFailed", StoragePermissionError),
+    ("ClientAuthenticationError", 401, "InvalidAuthenticationInfo", StoragePermissionError),
+    ("HttpResponseError", 403, "AuthorizationPermissionMismatch", StoragePermissionError),
+    ("ResourceExistsError", 409, "BlobAlreadyExists", PreconditionFailedError),
+    ("ResourceModifiedError", 412, "ConditionNotMet", PreconditionFailedError),
+    ("ResourceModifiedError", 412, "LeaseIdMissing", StorageRequestRejectedError),
+    ("ResourceExistsError", 409, "LeaseAlreadyPresent", StorageRequestRejectedError),
+    ("HttpResponseError", 400, "InvalidMetadata", StorageRequestRejectedError),
+    ("HttpResponseError", 400, "InvalidBlockList", StorageRequestRejectedError),
+    ("HttpResponseError", 416, "InvalidRange", StorageRequestRejectedError),
+    ("HttpResponseError", 503, "ServerBusy", StorageUnavailableError),
+    ("HttpResponseError", 500, "InternalError", StorageUnavailableError),
+    ("HttpResponseError", 500, "OperationTimedOut", StorageUnavailableError),
+    ("HttpResponseError", 408, "", StorageUnavailableError),
+    ("HttpResponseError", 429, "", StorageUnavailableError),
+])
+def test_azure_error_mapping(kind: str, status: int, code: str, expected: Any) -> None:
+    from azure.core import exceptions
+
+    from lexigram_storage.drivers.azure import map_azure_error
+
+    exc = service_error(getattr(exceptions, kind), status, code)
+    mapped = map_azure_error(exc, "azure", "box", "k")
+    assert type(mapped) is expected
+    assert mapped is not None and mapped.__cause__ is exc
+    assert mapped.message.startswith("azure: ") and "'k'" in mapped.message
+    assert "RequestId" not in mapped.message  # the first line of the service's message only
+
+
+def test_azure_client_side_failures() -> None:
+    import aiohttp
+    from azure.core.exceptions import (
+        ClientAuthenticationError,
+        ServiceRequestError,
+        ServiceResponseTimeoutError,
+    )
+
+    from lexigram_storage.drivers.azure import map_azure_error
+
+    for down in (ServiceRequestError("Cannot connect to host 127.0.0.1:1"),
+                 ServiceResponseTimeoutError("Timeout on reading data from socket"),
+                 aiohttp.ServerDisconnectedError(), ConnectionResetError("reset by peer")):
+        assert type(map_azure_error(down, "azure", "b", "k")) is StorageUnavailableError
+    no_token = ClientAuthenticationError("DefaultAzureCredential failed to retrieve a token")
+    denied = map_azure_error(no_token, "azure", "b", "k")
+    assert type(denied) is StoragePermissionError
+    assert denied.hint is not None and "DefaultAzureCredential" in denied.hint
+    assert map_azure_error(KeyError("x"), "azure", "b", "k") is None
+    assert map_azure_error(ValueError("odd"), "azure", "b", "k") is None
+
+
 async def test_missing_container_and_wrong_key(azurite: AzuriteSettings) -> None:
     async with make_driver(azurite, "no-such-container") as driver:
         for call in (lambda: driver.upload("a.txt", b"x"), lambda: driver.download("a.txt"),
@@ -622,6 +684,8 @@ async def main():
             answer = await http.put(put_url, content=b"up", headers={"x-ms-blob-type": "BlockBlob"})
             print("put", answer.status_code)
         print("uploaded", (await store.download("b.txt")).decode())
+        print("copied", (await store.copy("a.txt", "c.txt")).size)
+        print("deleted", await store.delete_many(["a.txt", "b.txt", "c.txt"]))
     async with AzureDriver("devstoreaccount1", container="entra", account_url=url,
                            credential=Token("https://example.com"), max_attempts=1) as other:
         try:
@@ -636,10 +700,10 @@ asyncio.run(main())
 
 def test_entra_id_credential_and_user_delegation_sas(
         azurite_entra: tuple[AzuriteSettings, Path]) -> None:
-    """A token credential authenticates every request; SAS URLs are then signed with a user
-    delegation key. Azurite over HTTPS checks the tokens' audience, issuer and validity, and the
-    SAS signatures. Run in a fresh interpreter that trusts the test certificate (aiohttp reads
-    the CA settings when it is imported)."""
+    """A token credential authenticates every request (server-side copies and batch deletes
+    too); SAS URLs are then signed with a user delegation key. Azurite over HTTPS checks the
+    tokens' audience, issuer and validity, and the SAS signatures. Run in a fresh interpreter
+    that trusts the test certificate (aiohttp reads the CA settings when it is imported)."""
     settings, cert = azurite_entra
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LEX_", "PYTEST_"))}
     env.update(LEX_QUIET="1", SSL_CERT_FILE=str(cert), PYTHONPATH=str(ROOT))
@@ -648,7 +712,8 @@ def test_entra_id_credential_and_user_delegation_sas(
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [line for line in result.stdout.splitlines() if not line.startswith("20")]
     assert lines == ["download hello", "user delegation SAS True", "get 200", "tampered 403",
-                     "put 201", "uploaded up", "wrong audience 403"]
+                     "put 201", "uploaded up", "copied 5", "deleted ['a.txt', 'b.txt', 'c.txt']",
+                     "wrong audience 403"]
 
 
 async def test_named_azure_backend_in_an_application(azurite: AzuriteSettings) -> None:
