@@ -624,7 +624,12 @@ class _Blocks:
         block_id = f"{self.upload_id}{number:06d}"  # fixed width; the SDK base64-encodes it
         # the SDK hands any async iterable to aiohttp as it is (its stub names sync types only)
         body: Any = _BlockBody(pieces)
-        await self.blob.stage_block(block_id, body, length=length)
+        try:
+            await self.blob.stage_block(block_id, body, length=length)
+        finally:
+            # the request objects holding the body can outlive the call in reference cycles
+            # until the garbage collector runs: the block's bytes are released now
+            pieces.clear()
         return block_id
 
     async def complete(self, parts: list[tuple[int, str]], create_only: bool) -> dict[str, Any]:
