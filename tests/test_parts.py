@@ -125,6 +125,28 @@ async def test_without_prehash_a_file_starts_without_its_digest(tmp_path: Path) 
     assert sink.recorded == hashlib.sha256(raw).hexdigest()
 
 
+@pytest.mark.parametrize(("read_size", "pieces"), [(None, 1), (32 * KiB, 2)])
+async def test_a_file_is_read_a_part_or_file_read_size_at_a_time(
+        tmp_path: Path, read_size: int | None, pieces: int) -> None:
+    raw = os.urandom(256 * KiB)
+    path = tmp_path / "f"
+    path.write_bytes(raw)
+    counts: list[int] = []
+
+    class Counting(MemorySink):
+        async def put_part(self, number: int, parts: list[bytes | memoryview]) -> str:
+            counts.append(len(parts))
+            return await super().put_part(number, parts)
+
+    sink = Counting()
+    with path.open("rb") as f:
+        data = Payload(f, UploadRequest("application/octet-stream"), backend="t", key="k",
+                       chunk_size=16 * KiB)
+        await upload(data, replace(RULES, file_read_size=read_size), whole_not_expected, sink)
+    assert sink.committed == raw
+    assert counts == [pieces] * 4  # 64 KiB parts
+
+
 async def test_small_payloads_are_one_request() -> None:
     sent: list[bytes] = []
 

@@ -61,6 +61,11 @@ class PartRules:
     #: hash a seekable file before the upload starts (for backends that set the digest at
     #: ``start``); ``False`` when ``complete`` can store it (the pass over the file is saved)
     prehash: bool = True
+    #: bytes of a file read per chunk; ``None``: a whole part, so a sink that needs a part in
+    #: one buffer gets it without a copy. A sink that sends a part as the pieces it arrived in
+    #: (Azure) reads less at a time: fewer large buffers allocated in worker threads, whose
+    #: freed memory the C allocator does not always hand back, so a lower peak RSS
+    file_read_size: int | None = None
 
     def size_of(self, number: int, size_hint: int | None) -> int:
         """The size of part *number* (1-based): at least ``part_size``, big enough for a known
@@ -115,8 +120,9 @@ async def upload(payload: Payload, rules: PartRules,
     total = 0
     try:
         if hint is not None and hint >= threshold:
-            # an OS file is read (and hashed) a whole part per worker-thread hop
-            payload.chunk_size = max(payload.chunk_size, rules.size_of(1, hint))
+            # an OS file is read (and hashed) a whole part (or file_read_size) per thread hop
+            payload.chunk_size = max(payload.chunk_size,
+                                     rules.file_read_size or rules.size_of(1, hint))
             job = payload.prehash_job() if rules.prehash else None
             if job is not None:
                 digest, buffered = await _hash_reading_ahead(job, chunks, rules.max_concurrency)

@@ -48,7 +48,7 @@ from lexigram_storage.errors import (
 )
 from lexigram_storage.events import StorageEvents
 from lexigram_storage.models import DirListing, ObjectInfo
-from lexigram_storage.payload import DEFAULT_CONTENT_TYPE, Payload, UploadPolicy
+from lexigram_storage.payload import DEFAULT_CONTENT_TYPE, READ_CHUNK_SIZE, Payload, UploadPolicy
 
 try:
     import aiohttp
@@ -379,7 +379,8 @@ class AzureDriver(BaseDriver):
         return PartRules(threshold=self.block_upload_threshold, part_size=self.block_size,
                          max_concurrency=self.max_concurrency, max_part_size=MAX_BLOCK_SIZE,
                          max_parts=MAX_BLOCKS,
-                         abort_timeout=self.connect_timeout + self.read_timeout, prehash=False)
+                         abort_timeout=self.connect_timeout + self.read_timeout, prehash=False,
+                         file_read_size=READ_CHUNK_SIZE)
 
     async def _write(self, key: str, payload: Payload) -> ObjectInfo:
         blob = (await self._client()).get_blob_client(key)
