@@ -300,6 +300,19 @@ async def test_batch_delete_reports_each_failed_key(store: AzureDriver, azure_se
     assert await store.clear("b/") == 1
 
 
+async def test_deletes_take_the_snapshots_along(store: AzureDriver, azure_service: Any,
+                                               azure_container: str) -> None:
+    """A blob with snapshots (made by other tools) is deleted with them, one by one or in a
+    batch (the service refuses to delete it alone: 409 SnapshotsPresent)."""
+    for key in ("snap/one", "snap/two"):
+        await store.upload(key, b"x")
+        await azure_service.get_blob_client(azure_container, key).create_snapshot()
+    await store.delete("snap/one")
+    assert await store.delete_many(["snap/two"]) == ["snap/two"]
+    container = azure_service.get_container_client(azure_container)
+    assert [b.name async for b in container.list_blobs(include=["snapshots"])] == []
+
+
 # ---------------------------------------------------------------- signed URLs
 
 
