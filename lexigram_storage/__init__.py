@@ -1,7 +1,7 @@
 """lexigram_storage: blob storage for the lexigram framework.
 
 One API (``BlobStoreProtocol`` plus copy/move/batch operations) over memory, local disk,
-Amazon S3, Cloudflare R2 and Google Cloud Storage (Azure Blob is planned), bound into the
+Amazon S3, Cloudflare R2, Google Cloud Storage and Azure Blob Storage, bound into the
 DI container by ``StorageModule``, with domain events and a conformance suite every driver
 passes.
 
@@ -69,6 +69,7 @@ from lexigram_storage.provider import StorageProvider
 from lexigram_storage.registry import DriverContext, DriverRegistry
 
 if TYPE_CHECKING:
+    from lexigram_storage.drivers.azure import AzureDriver as AzureDriver
     from lexigram_storage.drivers.gcs import GCSDriver as GCSDriver
     from lexigram_storage.drivers.local import LocalDriver as LocalDriver
     from lexigram_storage.drivers.s3 import R2Driver as R2Driver
@@ -76,6 +77,7 @@ if TYPE_CHECKING:
 
 # Drivers loaded on first access: driver class name -> module holding it.
 _LAZY_DRIVERS = {
+    "AzureDriver": "lexigram_storage.drivers.azure",
     "LocalDriver": "lexigram_storage.drivers.local",
     "S3Driver": "lexigram_storage.drivers.s3",
     "R2Driver": "lexigram_storage.drivers.s3",
@@ -133,8 +135,8 @@ __all__ = [
     "StorageUnsupportedOperationError",
     "UploadOptions",
 ]
-# S3Driver, R2Driver and GCSDriver are exported too, but left out of __all__ so that a star
-# import needs no optional SDK.
+# S3Driver, R2Driver, GCSDriver and AzureDriver are exported too, but left out of __all__ so
+# that a star import needs no optional SDK.
 
 
 def __getattr__(name: str) -> Any:

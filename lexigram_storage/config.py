@@ -162,20 +162,38 @@ class StorageGCSConfig(StorageNetworkConfig):
                                  description="Deletes in flight at once (delete_many, clear).")
 
 
-class StorageAzureConfig(_Model):
-    """``driver: azure``: Azure Blob Storage (or Azurite)."""
+class StorageAzureConfig(StorageNetworkConfig):
+    """``driver: azure``: Azure Blob Storage (or Azurite).
 
-    container: str = Field(description="Blob container name.")
+    Credentials: ``connection_string`` alone, or ``account_name`` with ``account_key``, or
+    ``account_name`` alone to authenticate with Entra ID (``DefaultAzureCredential``, from the
+    ``azure-identity`` extra)."""
+
+    container: str = Field(min_length=1, description="Blob container name.")
     account_name: str | None = Field(None, description="Storage account name.")
-    account_key: SecretStr | None = Field(None, description="Storage account key.")
-    connection_string: SecretStr | None = Field(None, description="Full connection string (Azurite too).")
+    account_key: SecretStr | None = Field(
+        None, description="Storage account key; without it (and without connection_string): Entra ID.")
+    connection_string: SecretStr | None = Field(
+        None, description="Full connection string (Azurite too): account, key and endpoint.")
     account_url: str | None = Field(None, description="Blob endpoint; default https://<account>.blob.core.windows.net.")
     public_url: str | None = Field(None, description="Custom domain / CDN used by get_url.")
-    timeout: float = Field(60.0, gt=0, description="Seconds per request.")
+    block_upload_threshold: int = Field(8 * MiB, ge=1 * MiB, le=5000 * MiB,
+                                        description="Uploads at least this big are staged as blocks (bytes).")
+    block_size: int = Field(8 * MiB, ge=1 * MiB, le=4000 * MiB,
+                            description="Block size; grows to stay under 50,000 blocks.")
+    max_concurrency: int = Field(4, ge=1, le=64, description="Blocks uploaded at once.")
+    download_chunk_size: int = Field(4 * MiB, ge=64 * 1024, le=256 * MiB,
+                                     description="Bytes per ranged GET while streaming (bounds a stream's memory).")
 
     @model_validator(mode="after")
     def _needs_credentials(self) -> StorageAzureConfig:
-        if self.connection_string is None and not self.account_name:
+        if self.connection_string is not None:
+            given = [f for f in ("account_name", "account_key", "account_url")
+                     if getattr(self, f) is not None]
+            if given:
+                raise ValueError(f"connection_string already names the account, key and "
+                                 f"endpoint: do not also set {', '.join(given)}")
+        elif not self.account_name:
             raise ValueError("azure needs connection_string or account_name (+ account_key)")
         return self
 

@@ -22,8 +22,9 @@ os.environ.setdefault("LEX_LOGGING__LEVEL", "CRITICAL")
 os.environ.setdefault("LEX_QUIET", "1")
 
 # fixtures: moto (tests/emulators.py), real S3 servers (tests/servers.py), fake-gcs-server
-# (tests/gcs_server.py), `running` apps
-pytest_plugins = ["tests.emulators", "tests.servers", "tests.gcs_server", "tests.support"]
+# (tests/gcs_server.py), Azurite (tests/azurite_server.py), `running` apps
+pytest_plugins = ["tests.emulators", "tests.servers", "tests.gcs_server", "tests.azurite_server",
+                  "tests.support"]
 
 LOCAL_MODES = ("native", "portable")
 

@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -36,6 +37,9 @@ def free_port() -> int:
 
 class Emulator:
     """One emulator subprocess. Fault injection: stop(), pause()/resume(), restart()."""
+
+    #: how the readiness probe verifies an HTTPS server (its test CA); None: the default
+    probe_context: ssl.SSLContext | None = None
 
     def __init__(self, kind: str, port: int | None = None, env: dict[str, str] | None = None):
         self.kind = kind
@@ -65,7 +69,7 @@ class Emulator:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.kind} exited rc={self.proc.returncode}: {self.log_tail()}")
             try:
-                urllib.request.urlopen(probe, timeout=1).close()
+                urllib.request.urlopen(probe, timeout=1, context=self.probe_context).close()
                 return
             except urllib.error.HTTPError:  # any HTTP status means it is listening
                 return

@@ -1,8 +1,8 @@
 """lexigram-testing's ``BlobStoreCompliance`` over every driver that exists.
 
 The README says our drivers pass it, so each one runs it: memory, local (on a fresh
-directory), S3 and R2 against the moto server, and GCS against fake-gcs-server (a fresh bucket
-per test). The suite asks
+directory), S3 and R2 against the moto server, GCS against fake-gcs-server and Azure against
+Azurite (a fresh bucket or container per test). The suite asks
 ``create_store()`` for a ready-to-use, empty store and never closes it, so every driver made
 here is closed after its test. Drivers are returned unprepared, as a user would get them from
 their constructor: preparing on first use is part of what is checked.
@@ -18,9 +18,10 @@ from typing import TypeVar
 import pytest
 from lexigram.testing import BlobStoreCompliance
 
-from lexigram_storage import GCSDriver, LocalDriver, MemoryDriver, R2Driver, S3Driver
+from lexigram_storage import AzureDriver, GCSDriver, LocalDriver, MemoryDriver, R2Driver, S3Driver
 from lexigram_storage.catalogue import BUILTIN
 from lexigram_storage.drivers.base import BaseDriver
+from tests.azurite_server import AzuriteSettings
 from tests.emulators import S3Settings, create_bucket
 from tests.gcs_server import GcsSettings
 
@@ -94,10 +95,22 @@ class TestGCSCompliance(_Compliance):
             max_attempts=2, name="compliance-gcs"))
 
 
+class TestAzureCompliance(_Compliance):
+    @pytest.fixture(autouse=True)
+    def _container(self, azurite: AzuriteSettings, azure_container: str) -> None:
+        self.azurite, self.container = azurite, azure_container
+
+    async def create_store(self) -> AzureDriver:
+        return self._track(AzureDriver(
+            container=self.container, connection_string=self.azurite.connection_string,
+            connect_timeout=2, read_timeout=10, max_attempts=2, name="compliance-azure"))
+
+
 def test_every_existing_driver_runs_the_compliance_suite() -> None:
     """A built-in driver whose module exists but has no compliance class above fails here."""
     covered = {"memory": TestMemoryCompliance, "local": TestLocalCompliance,
-               "s3": TestS3Compliance, "r2": TestR2Compliance, "gcs": TestGCSCompliance}
+               "s3": TestS3Compliance, "r2": TestR2Compliance, "gcs": TestGCSCompliance,
+               "azure": TestAzureCompliance}
     existing = {name for name, (target, _extra) in BUILTIN.items()
                 if importlib.util.find_spec(target.partition(":")[0]) is not None}
     assert existing == set(covered)

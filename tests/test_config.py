@@ -103,6 +103,11 @@ def test_driver_block_rules() -> None:
         StorageS3Config(bucket="b", access_key="AKIA")
     with pytest.raises(ValidationError, match="connection_string or account_name"):
         StorageAzureConfig(container="c")
+    with pytest.raises(ValidationError, match="do not also set account_key, account_url"):
+        StorageAzureConfig(container="c", connection_string="AccountName=a",  # type: ignore[arg-type]
+                           account_key="k", account_url="http://h")  # type: ignore[arg-type]
+    azure = StorageAzureConfig(container="c", account_name="acct")
+    assert (azure.connect_timeout, azure.read_timeout, azure.max_attempts) == (10.0, 60.0, 3)
     with pytest.raises(ValidationError, match="kms_key_id"):
         EncryptionConfig(enabled=True, type="aws:kms")
 
@@ -185,7 +190,7 @@ def test_every_config_model_hides_inputs_in_errors() -> None:
     lambda: StorageLocalConfig(signing_key=_SECRET, root_dir=3.5),  # type: ignore[arg-type]
     lambda: StorageLocalConfig(signing_key=_SECRET, colour="blue"),  # type: ignore[call-arg]
     lambda: StorageAzureConfig(container="c", account_name="acct", account_key=_SECRET,  # type: ignore[arg-type]
-                               timeout="x"),  # type: ignore[arg-type]
+                               read_timeout="x"),  # type: ignore[arg-type]
     lambda: StorageAzureConfig(container=7, connection_string=_SECRET),  # type: ignore[arg-type]
     lambda: NamedStorageConfig(name="n", driver="s3", s3={  # type: ignore[arg-type]
         "bucket": "b", "access_key": "AKIA", "secret_key": _SECRET, "max_attempts": "x"}),

@@ -397,7 +397,7 @@ async def test_config_policy_applies_to_every_backend(running: list[Application]
 @pytest.mark.parametrize(("name", "backends"), [
     ("application.local.yaml", ["local"]),
     ("application.multi.yaml", ["avatars", "exports", "scratch", "cache"]),
-    ("application.emulators.yaml", ["files", "media"]),
+    ("application.emulators.yaml", ["files", "media", "blobs"]),
     ("application.production.yaml", ["files"]),
 ])
 async def test_shipped_config_files_are_valid(

@@ -11,6 +11,7 @@ import hashlib
 import io
 import os
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -108,6 +109,42 @@ async def test_a_seekable_file_starts_with_its_digest(tmp_path: Path) -> None:
     assert sink.committed == raw
     assert sink.started_with == [hashlib.sha256(raw).hexdigest()]
     assert sink.recorded is None  # nothing left to record
+
+
+async def test_without_prehash_a_file_starts_without_its_digest(tmp_path: Path) -> None:
+    """``prehash=False`` (a backend whose commit carries the digest): no pass over the file
+    before the upload; the digest reaches the sink after the commit."""
+    raw = os.urandom(200 * KiB)
+    path = tmp_path / "f"
+    path.write_bytes(raw)
+    sink = MemorySink()
+    with path.open("rb") as f:
+        await upload(payload(f), replace(RULES, prehash=False), whole_not_expected, sink)
+    assert sink.committed == raw
+    assert sink.started_with == [None]
+    assert sink.recorded == hashlib.sha256(raw).hexdigest()
+
+
+@pytest.mark.parametrize(("read_size", "pieces"), [(None, 1), (32 * KiB, 2)])
+async def test_a_file_is_read_a_part_or_file_read_size_at_a_time(
+        tmp_path: Path, read_size: int | None, pieces: int) -> None:
+    raw = os.urandom(256 * KiB)
+    path = tmp_path / "f"
+    path.write_bytes(raw)
+    counts: list[int] = []
+
+    class Counting(MemorySink):
+        async def put_part(self, number: int, parts: list[bytes | memoryview]) -> str:
+            counts.append(len(parts))
+            return await super().put_part(number, parts)
+
+    sink = Counting()
+    with path.open("rb") as f:
+        data = Payload(f, UploadRequest("application/octet-stream"), backend="t", key="k",
+                       chunk_size=16 * KiB)
+        await upload(data, replace(RULES, file_read_size=read_size), whole_not_expected, sink)
+    assert sink.committed == raw
+    assert counts == [pieces] * 4  # 64 KiB parts
 
 
 async def test_small_payloads_are_one_request() -> None:

@@ -187,19 +187,25 @@ def test_readme_shows_both_set_up_commands() -> None:
 
 def test_every_driver_is_importable_from_the_package() -> None:
     import lexigram_storage
-    from lexigram_storage import GCSDriver, LocalDriver, MemoryDriver, R2Driver, S3Driver
+    from lexigram_storage import (
+        AzureDriver,
+        GCSDriver,
+        LocalDriver,
+        MemoryDriver,
+        R2Driver,
+        S3Driver,
+    )
+    from lexigram_storage.drivers.azure import AzureDriver as azure_cls
     from lexigram_storage.drivers.gcs import GCSDriver as gcs_cls
     from lexigram_storage.drivers.local import LocalDriver as local_cls
     from lexigram_storage.drivers.memory import MemoryDriver as memory_cls
     from lexigram_storage.drivers.s3 import R2Driver as r2_cls
     from lexigram_storage.drivers.s3 import S3Driver as s3_cls
 
-    assert (LocalDriver, MemoryDriver, S3Driver, R2Driver, GCSDriver) == \
-        (local_cls, memory_cls, s3_cls, r2_cls, gcs_cls)
-    assert {"LocalDriver", "MemoryDriver", "S3Driver", "R2Driver", "GCSDriver"} <= \
+    assert (LocalDriver, MemoryDriver, S3Driver, R2Driver, GCSDriver, AzureDriver) == \
+        (local_cls, memory_cls, s3_cls, r2_cls, gcs_cls, azure_cls)
+    assert {"LocalDriver", "MemoryDriver", "S3Driver", "R2Driver", "GCSDriver", "AzureDriver"} <= \
         set(dir(lexigram_storage))
-    with pytest.raises(AttributeError, match="no attribute 'AzureDriver'"):
-        lexigram_storage.AzureDriver  # noqa: B018  (planned, not available yet)
 
 
 MISSING_SDK = """\

@@ -12,7 +12,9 @@ part, commit the parts, abort). ``upload()`` does the rest, the same way for eve
   flight (peak memory about ``max_concurrency x part size``).
 * A seekable file is hashed in a worker thread while its first parts are read, so the sink
   usually starts knowing the content's SHA-256; otherwise ``record_digest`` stores it after the
-  commit (S3: a guarded self-copy; GCS: a metadata patch; Azure: at commit).
+  commit (S3: a guarded self-copy; GCS: a metadata patch). A backend whose commit carries the
+  metadata (Azure) turns that pre-hash off (``PartRules.prehash``): ``complete`` runs after the
+  payload ended, when ``payload.etag`` is known, and ``record_digest`` has nothing left to do.
 * The commit (``complete``, then ``record_digest``) runs to its end even if the caller is
   cancelled meanwhile; any failure or cancellation before it aborts the multipart upload: parts
   in flight are cancelled and ``abort`` runs, bounded by ``PartRules.abort_timeout`` when the
@@ -56,6 +58,14 @@ class PartRules:
     align: int = 1
     #: seconds an abort may take while the caller is being cancelled
     abort_timeout: float = 30.0
+    #: hash a seekable file before the upload starts (for backends that set the digest at
+    #: ``start``); ``False`` when ``complete`` can store it (the pass over the file is saved)
+    prehash: bool = True
+    #: bytes of a file read per chunk; ``None``: a whole part, so a sink that needs a part in
+    #: one buffer gets it without a copy. A sink that sends a part as the pieces it arrived in
+    #: (Azure) reads less at a time: fewer large buffers allocated in worker threads, whose
+    #: freed memory the C allocator does not always hand back, so a lower peak RSS
+    file_read_size: int | None = None
 
     def size_of(self, number: int, size_hint: int | None) -> int:
         """The size of part *number* (1-based): at least ``part_size``, big enough for a known
@@ -110,9 +120,10 @@ async def upload(payload: Payload, rules: PartRules,
     total = 0
     try:
         if hint is not None and hint >= threshold:
-            # an OS file is read (and hashed) a whole part per worker-thread hop
-            payload.chunk_size = max(payload.chunk_size, rules.size_of(1, hint))
-            job = payload.prehash_job()
+            # an OS file is read (and hashed) a whole part (or file_read_size) per thread hop
+            payload.chunk_size = max(payload.chunk_size,
+                                     rules.file_read_size or rules.size_of(1, hint))
+            job = payload.prehash_job() if rules.prehash else None
             if job is not None:
                 digest, buffered = await _hash_reading_ahead(job, chunks, rules.max_concurrency)
                 total = sum(len(chunk) for chunk in buffered)
