@@ -8,7 +8,8 @@ what to check:
 - an *operation* the store lacks (``PRESIGN_GET``, ``PRESIGN_PUT``, ``CREATE_ONLY``,
   ``RANGED_READ``) must be refused with ``StorageUnsupportedOperationError``, never half done;
 - a *guarantee* the store lacks (``LONG_SEGMENTS``, ``BYTE_ORDER_LISTING``, ``RACE_SAFE_ETAG``)
-  skips its checks.
+  skips its checks; without ``CONCURRENT_LARGE_WRITES`` the suite checks the documented
+  alternative (a loser fails with ``PreconditionFailedError`` and stores nothing).
 """
 
 from __future__ import annotations
@@ -36,3 +37,7 @@ class Capability(StrEnum):
     #: the etag stays the SHA-256 of the stored content when large uploads (above the
     #: multipart threshold) to one key race
     RACE_SAFE_ETAG = "race_safe_etag"
+    #: large uploads racing to one key all succeed and the last commit wins; without it, an
+    #: upload whose staged parts another upload's commit discarded (Azure block blobs) fails
+    #: with ``PreconditionFailedError`` and stores nothing
+    CONCURRENT_LARGE_WRITES = "concurrent_large_writes"

@@ -33,6 +33,7 @@ from urllib.parse import quote
 from lexigram.contracts.infra.storage import StorageError
 from pydantic import SecretStr
 
+from lexigram_storage.capabilities import Capability
 from lexigram_storage.config import StorageAzureConfig, settings_from
 from lexigram_storage.drivers._parts import PartRules, upload
 from lexigram_storage.drivers.base import BaseDriver, await_to_end, create_only_conflict
@@ -211,6 +212,10 @@ class AzureDriver(BaseDriver):
     """
 
     driver: ClassVar[str] = "azure"
+    #: a commit discards the blob's other uncommitted blocks: of large uploads racing to one
+    #: key, the losers fail with PreconditionFailedError (nothing stored) instead of being
+    #: overwritten in turn
+    capabilities = BaseDriver.capabilities - {Capability.CONCURRENT_LARGE_WRITES}
     config_model: ClassVar[type[StorageAzureConfig]] = StorageAzureConfig
 
     def __init__(
