@@ -464,8 +464,7 @@ async def test_a_refused_request_is_not_an_outage(store: AzureDriver, azure_serv
 
 async def test_paused_server_times_out_reads_and_small_writes(
         azurite_factory: Callable[[], AzuriteSettings]) -> None:
-    """``read_timeout`` bounds every wait for an answer. (A request body bigger than what the
-    socket buffers take, written to a stalled server, is not bounded by it yet.)"""
+    """``read_timeout`` bounds every wait for an answer (big bodies: the next test)."""
     s = azurite_factory()
     container = await create_container(s)
     async with make_driver(s, container, connect_timeout=1, read_timeout=1.5) as driver:
@@ -488,6 +487,37 @@ async def test_paused_server_times_out_reads_and_small_writes(
         # the server answers again (requests it took while paused run once it resumes)
         await driver.upload("after.txt", b"z")
         assert await driver.download("after.txt") == b"z"
+
+
+@pytest.mark.parametrize("case", ["put blob", "block"])
+async def test_a_server_that_stops_reading_never_hangs_a_big_body(
+        azurite_factory: Callable[[], AzuriteSettings], case: str) -> None:
+    """A 32 MiB body (more than the socket buffers take) to a server that stopped reading: one
+    Put Blob, or a block staged after the upload began. The upload fails within the timeouts
+    and nothing is stored."""
+    s = azurite_factory()
+    container = await create_container(s)
+    assert s.emulator is not None
+    emulator = s.emulator
+    async with make_driver(s, container, connect_timeout=1, read_timeout=1.5,
+                           block_upload_threshold=40 * MiB, block_size=32 * MiB) as driver:
+        data: Any
+        if case == "put blob":
+            emulator.pause()
+            data = os.urandom(32 * MiB)
+        else:
+            async def source() -> AsyncIterator[bytes]:
+                yield os.urandom(40 * MiB)  # past the threshold: the first block goes out...
+                emulator.pause()  # ...to a server that stops reading
+                yield os.urandom(MiB)
+
+            data = source()
+        try:
+            with pytest.raises(StorageUnavailableError):  # the 30 s safety net never fires
+                await asyncio.wait_for(driver.upload("big.bin", data), 30)
+        finally:
+            emulator.resume()
+        assert not await driver.exists("big.bin")
 
 
 async def test_stopped_server_is_unavailable(

@@ -35,6 +35,7 @@ from pydantic import SecretStr
 
 from lexigram_storage.capabilities import Capability
 from lexigram_storage.config import StorageAzureConfig, settings_from
+from lexigram_storage.drivers._http import idle_bounded_body
 from lexigram_storage.drivers._parts import PartRules, upload
 from lexigram_storage.drivers.base import BaseDriver, await_to_end, create_only_conflict
 from lexigram_storage.errors import (
@@ -62,6 +63,7 @@ try:
         ServiceRequestError,
         ServiceResponseError,
     )
+    from azure.core.pipeline.transport import AioHttpTransport
     from azure.storage.blob import (
         BlobBlock,
         BlobProperties,
@@ -297,6 +299,9 @@ class AzureDriver(BaseDriver):
         ranged GET instead of the SDK's 32 MiB first read)."""
         options: dict[str, Any] = {
             "retry_policy": _Retry(self.max_attempts),
+            "transport": _IdleBoundedTransport(self.read_timeout,
+                                               connection_timeout=self.connect_timeout,
+                                               read_timeout=self.read_timeout),
             "connection_timeout": self.connect_timeout,
             "read_timeout": self.read_timeout,
             "max_single_put_size": self.block_upload_threshold,
@@ -662,6 +667,22 @@ class _Blocks:
 
     async def record_digest(self, result: dict[str, Any], digest: str) -> None:
         return None  # complete() stored it
+
+
+class _IdleBoundedTransport(AioHttpTransport):  # type: ignore[misc]
+    """azure-core's aiohttp transport with every request body under the shared idle deadline
+    (``drivers/_http.py``): a server that stops reading fails the request within
+    ``read_timeout`` instead of hanging it once the body exceeds the socket buffers."""
+
+    def __init__(self, idle_timeout: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._idle_timeout = idle_timeout
+
+    def _get_request_data(self, request: Any) -> Any:
+        data = super()._get_request_data(request)
+        if isinstance(data, _BlockBody):
+            data = data.pieces  # sent as they are, in slices: nothing copied
+        return idle_bounded_body(data, self._idle_timeout)
 
 
 class _BlockBody:
