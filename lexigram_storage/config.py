@@ -93,7 +93,8 @@ class StorageNetworkConfig(_Model):
     """Timeouts and retries, the same settings on every network driver (S3, R2, GCS, Azure)."""
 
     connect_timeout: float = Field(10.0, gt=0, description="Seconds to open a connection.")
-    read_timeout: float = Field(60.0, gt=0, description="Seconds to wait for response bytes.")
+    read_timeout: float = Field(60.0, gt=0, description="Seconds an attempt may make no progress "
+                                "(no request-body slice taken, no answer byte) before it fails.")
     max_attempts: int = Field(3, ge=1, le=20, description="Attempts per request, including the first.")
 
 
