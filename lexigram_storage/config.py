@@ -8,6 +8,7 @@ framework's ``LEX_STORAGE__*`` overrides) and validates it with this same model.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
@@ -404,13 +405,18 @@ def _secrets(block: BaseModel | None) -> list[tuple[str, str]]:
 _Block = TypeVar("_Block", bound=BaseModel)
 
 
-def settings_from(model: type[_Block], values: dict[str, Any], *, backend: str | None
-                  ) -> _Block:
+def settings_from(model: type[_Block], arguments: Mapping[str, Any], *, backend: str | None,
+                  more: Mapping[str, Any] | None = None) -> _Block:
     """Validate a driver's constructor arguments with its settings model, so a driver built
     in code and one built from configuration pass the same checks; a failure is a
-    ``StorageConfigurationError`` listing every problem."""
+    ``StorageConfigurationError`` listing every problem.
+
+    *arguments* may be the constructor's ``locals()``: only the entries naming a field of
+    *model* count, and ``None`` means unset (the model's default applies, e.g. region "auto" on
+    R2). *more* (the constructor's ``**kwargs``) must hold fields of *model* only."""
+    values = {k: v for k, v in arguments.items() if k in model.model_fields and v is not None}
     try:
-        return model.model_validate(values)
+        return model.model_validate({**values, **(more or {})})
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(part) for part in error['loc']) or model.__name__}: {error['msg']}"

@@ -266,12 +266,8 @@ class S3Driver(BaseDriver):
         **more: Any,
     ) -> None:
         super().__init__(name=name, policy=policy, events=events)
-        # the arguments are checked by the configuration model: the same rules as a config
-        # file (None = unset: the model's default applies, e.g. region "auto" on R2)
-        arguments = locals()
-        given = {k: v for k, v in arguments.items()
-                 if k in self.config_model.model_fields and v is not None}
-        settings = settings_from(self.config_model, {**given, **more}, backend=self.name)
+        # the arguments pass the configuration model's checks: the same rules as a config file
+        settings = settings_from(self.config_model, locals(), more=more, backend=self.name)
         self.settings = settings
         self._bucket = settings.bucket
         self.region = settings.region
