@@ -766,7 +766,8 @@ class _Multipart:
 
     async def abort(self) -> None:
         """Abort the upload. As AWS advises, the abort is repeated until ``ListParts`` says
-        the upload is gone: a part request still in flight can land after an abort."""
+        the upload is gone (``NoSuchUpload``): a part request still in flight can land after an
+        abort, and any other answer proves nothing."""
         if self.upload_id is None:
             return
         for attempt in range(4):
@@ -776,8 +777,10 @@ class _Multipart:
             try:
                 await self.client.list_parts(Bucket=self.bucket, Key=self.key,
                                              UploadId=self.upload_id)
-            except boto_exc.ClientError:
-                return  # NoSuchUpload: nothing left behind
+            except boto_exc.ClientError as exc:
+                if _code(exc) == "NoSuchUpload" or _status(exc) == 404:
+                    return  # nothing left behind
+                # another answer (a 500...) proves nothing: abort again
             await asyncio.sleep(0.05 * (attempt + 1))
 
     async def record_digest(self, result: dict[str, Any], digest: str) -> None:
