@@ -1,11 +1,18 @@
-"""Helpers shared by the benchmarks: the reference virtualenv and peak-RSS measurement."""
+"""Helpers shared by the benchmarks: the reference virtualenv, peak-RSS measurement, and the
+timing and table of the driver-vs-raw-SDK benchmarks."""
 
 from __future__ import annotations
 
 import gc
+import os
+import statistics
 import subprocess
 import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REF_VENV = HERE / ".venv-ref"
@@ -51,3 +58,66 @@ class PeakRSS:
 
     def __exit__(self, *exc: object) -> None:
         self.above = _status("VmHWM") - self.idle
+
+
+# ------------------------------------------------ driver vs raw SDK against one server process
+# (bench_s3.py, bench_gcs.py, bench_azure.py)
+
+#: per workload and side ("ours", "raw"): (wall, client CPU, server CPU) seconds of each round
+Timings = dict[str, dict[str, list[tuple[float, float, float]]]]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process *pid* so far (Linux)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def timed(fn: Callable[[], Awaitable[Any]], server_pid: int) -> tuple[float, float, float]:
+    """Wall seconds, client CPU seconds (this process) and server CPU seconds of one call."""
+    s0, c0, t0 = cpu_seconds(server_pid), time.process_time(), time.perf_counter()
+    await fn()
+    wall = time.perf_counter() - t0
+    return wall, time.process_time() - c0, cpu_seconds(server_pid) - s0
+
+
+def make_big_file(big_mib: int) -> Path:
+    """A file of *big_mib* random MiB in a temporary directory (``remove`` deletes both)."""
+    big = Path(tempfile.mkdtemp(prefix="bench-")) / "big.bin"
+    with big.open("wb") as f:
+        for _ in range(big_mib):
+            f.write(os.urandom(MiB))
+    return big
+
+
+def remove(big: Path) -> None:
+    big.unlink(missing_ok=True)
+    big.parent.rmdir()
+
+
+def print_table(results: Timings, rss: dict[str, dict[str, int]], raw_name: str, n: int,
+                big_mib: int) -> None:
+    """The markdown table of a driver-vs-raw run (medians of the rounds), then every round's
+    wall time of the big uploads (workloads whose label says "MiB upload")."""
+    print(f"| workload | ours | {raw_name} | ratio (ours/raw time) | peak RSS (ours / raw) "
+          "| client CPU (ours / raw) | server CPU (ours / raw) |")
+    print("|---|---|---|---|---|---|---|")
+    for label, times in results.items():
+        ours_t, raw_t = (statistics.median(t[0] for t in times[w]) for w in ("ours", "raw"))
+        ours_c, raw_c = (statistics.median(t[1] for t in times[w]) for w in ("ours", "raw"))
+        ours_m, raw_m = (statistics.median(t[2] for t in times[w]) for w in ("ours", "raw"))
+        if "MiB upload" in label:
+            ours_s = f"{ours_t:.2f} s ({big_mib / ours_t:.0f} MiB/s)"
+            raw_s = f"{raw_t:.2f} s ({big_mib / raw_t:.0f} MiB/s)"
+            peak = f"{rss[label]['ours'] / MiB:.0f} MiB / {rss[label]['raw'] / MiB:.0f} MiB"
+        else:
+            ours_s = f"{n / ours_t:.0f} ops/s"
+            raw_s = f"{n / raw_t:.0f} ops/s"
+            peak = "-"
+        print(f"| {label} | {ours_s} | {raw_s} | {ours_t / raw_t:.2f}x | {peak} "
+              f"| {ours_c:.2f} s / {raw_c:.2f} s | {ours_m:.2f} s / {raw_m:.2f} s |")
+    for label, times in results.items():
+        if "MiB upload" in label:
+            walls = {w: [round(t[0], 2) for t in times[w]] for w in ("ours", "raw")}
+            print(f"\n{label}, every round (s): ours {walls['ours']}, raw {walls['raw']}")

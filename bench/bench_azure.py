@@ -27,7 +27,6 @@ import argparse
 import asyncio
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -37,10 +36,9 @@ import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import MiB, PeakRSS
+from _common import MiB, PeakRSS, Timings, make_big_file, print_table, remove, timed
 
 os.environ.setdefault("LEX_LOGGING__LEVEL", "CRITICAL")
 os.environ.setdefault("LEX_QUIET", "1")
@@ -54,13 +52,6 @@ AZURITE_BLOB = ROOT / "node_modules" / ".bin" / "azurite-blob"
 ACCOUNT = "devstoreaccount1"
 KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 BLOCK, CONCURRENCY, CHUNK = 8 * MiB, 4, 64 * 1024
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process *pid* so far (Linux)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def start_azurite() -> tuple[subprocess.Popen[bytes], str]:
@@ -89,27 +80,6 @@ def start_azurite() -> tuple[subprocess.Popen[bytes], str]:
             return proc, endpoint
 
 
-async def timed(fn: Callable[[], Awaitable[Any]], server_pid: int) -> tuple[float, float, float]:
-    """Wall seconds, client CPU seconds (this process) and server CPU seconds of one call."""
-    s0, c0, t0 = cpu_seconds(server_pid), time.process_time(), time.perf_counter()
-    await fn()
-    wall = time.perf_counter() - t0
-    return wall, time.process_time() - c0, cpu_seconds(server_pid) - s0
-
-
-def make_big_file(big_mib: int) -> Path:
-    big = Path(tempfile.mkdtemp(prefix="bench-azure-")) / "big.bin"
-    with big.open("wb") as f:
-        for _ in range(big_mib):
-            f.write(os.urandom(MiB))
-    return big
-
-
-def remove(big: Path) -> None:
-    big.unlink(missing_ok=True)
-    big.parent.rmdir()
-
-
 async def chunks_of(path: Path) -> AsyncIterator[bytes]:
     """The file as an async iterator of 64 KiB chunks (read on the loop: both sides alike)."""
     with path.open("rb") as f:
@@ -121,7 +91,7 @@ async def main(n: int, rounds: int, big_rounds: int, big_mib: int, big: Path) ->
     proc, endpoint = start_azurite()
     small = os.urandom(4096)
     octets = ContentSettings(content_type="application/octet-stream")
-    results: dict[str, dict[str, list[tuple[float, float, float]]]] = {}
+    results: Timings = {}
     rss: dict[str, dict[str, int]] = {}
     try:
         ours = AzureDriver(ACCOUNT, KEY, "placeholder", account_url=endpoint, block_size=BLOCK,
@@ -225,26 +195,7 @@ async def main(n: int, rounds: int, big_rounds: int, big_mib: int, big: Path) ->
           f"({os.cpu_count()} cores; median of {rounds} rounds, big uploads median of "
           f"{big_rounds}; same client configuration, {BLOCK // MiB} MiB blocks, "
           f"{CONCURRENCY} in flight; peak RSS target {limit // MiB} MiB).\n")
-    print("| workload | ours | raw SDK | ratio (ours/raw time) | peak RSS (ours / raw) "
-          "| client CPU (ours / raw) | server CPU (ours / raw) |")
-    print("|---|---|---|---|---|---|---|")
-    for label, times in results.items():
-        ours_t, raw_t = (statistics.median(t[0] for t in times[w]) for w in ("ours", "raw"))
-        ours_c, raw_c = (statistics.median(t[1] for t in times[w]) for w in ("ours", "raw"))
-        ours_m, raw_m = (statistics.median(t[2] for t in times[w]) for w in ("ours", "raw"))
-        if "MiB upload" in label:
-            ours_s = f"{ours_t:.2f} s ({big_mib / ours_t:.0f} MiB/s)"
-            raw_s = f"{raw_t:.2f} s ({big_mib / raw_t:.0f} MiB/s)"
-            peak = f"{rss[label]['ours'] / MiB:.0f} MiB / {rss[label]['raw'] / MiB:.0f} MiB"
-        else:
-            ours_s = f"{n / ours_t:.0f} ops/s"
-            raw_s = f"{n / raw_t:.0f} ops/s"
-            peak = "-"
-        print(f"| {label} | {ours_s} | {raw_s} | {ours_t / raw_t:.2f}x | {peak} "
-              f"| {ours_c:.2f} s / {raw_c:.2f} s | {ours_m:.2f} s / {raw_m:.2f} s |")
-    for label, times in results.items():
-        walls = {w: [round(t[0], 2) for t in times[w]] for w in ("ours", "raw")}
-        print(f"\n{label}, every round (s): ours {walls['ours']}, raw {walls['raw']}")
+    print_table(results, rss, "raw SDK", n, big_mib)
 
 
 if __name__ == "__main__":

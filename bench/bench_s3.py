@@ -29,19 +29,16 @@ import argparse
 import asyncio
 import os
 import socket
-import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import MiB, PeakRSS
+from _common import MiB, PeakRSS, Timings, make_big_file, print_table, remove, timed
 
 os.environ.setdefault("LEX_LOGGING__LEVEL", "CRITICAL")
 os.environ.setdefault("LEX_QUIET", "1")
@@ -56,13 +53,6 @@ from lexigram_storage.drivers.s3 import S3Driver
 
 KEY, SECRET, REGION = "bench", "bench-secret", "us-east-1"
 PART, CONCURRENCY = 8 * MiB, 10
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process *pid* so far (Linux)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def start_moto() -> tuple[subprocess.Popen[bytes], str]:
@@ -84,31 +74,10 @@ def start_moto() -> tuple[subprocess.Popen[bytes], str]:
             time.sleep(0.05)
 
 
-async def timed(fn: Callable[[], Awaitable[Any]], server_pid: int) -> tuple[float, float, float]:
-    """Wall seconds, client CPU seconds (this process) and server CPU seconds of one call."""
-    s0, c0, t0 = cpu_seconds(server_pid), time.process_time(), time.perf_counter()
-    await fn()
-    wall = time.perf_counter() - t0
-    return wall, time.process_time() - c0, cpu_seconds(server_pid) - s0
-
-
-def make_big_file(big_mib: int) -> Path:
-    big = Path(tempfile.mkdtemp(prefix="bench-s3-")) / "big.bin"
-    with big.open("wb") as f:
-        for _ in range(big_mib):
-            f.write(os.urandom(MiB))
-    return big
-
-
-def remove(big: Path) -> None:
-    big.unlink(missing_ok=True)
-    big.parent.rmdir()
-
-
 async def main(n: int, rounds: int, big_rounds: int, big_mib: int, big: Path) -> None:
     proc, endpoint = start_moto()
     small = os.urandom(4096)
-    results: dict[str, dict[str, list[tuple[float, float, float]]]] = {}
+    results: Timings = {}
     rss: dict[str, dict[str, int]] = {}
     try:
         ours = S3Driver("placeholder", region=REGION, access_key=KEY, secret_key=SECRET,
@@ -200,27 +169,7 @@ async def main(n: int, rounds: int, big_rounds: int, big_mib: int, big: Path) ->
     print(f"\nS3 driver vs raw aioboto3 on a local moto server ({os.cpu_count()} cores; median "
           f"of {rounds} rounds, big upload median of {big_rounds}; same client config, "
           f"{PART // MiB} MiB parts, {CONCURRENCY} in flight).\n")
-    print("| workload | ours | raw aioboto3 | ratio (ours/raw time) | peak RSS (ours / raw) "
-          "| client CPU (ours / raw) | server CPU (ours / raw) |")
-    print("|---|---|---|---|---|---|---|")
-    for label, times in results.items():
-        ours_t, raw_t = (statistics.median(t[0] for t in times[w]) for w in ("ours", "raw"))
-        ours_c, raw_c = (statistics.median(t[1] for t in times[w]) for w in ("ours", "raw"))
-        ours_m, raw_m = (statistics.median(t[2] for t in times[w]) for w in ("ours", "raw"))
-        if "MiB upload" in label:
-            ours_s = f"{ours_t:.2f} s ({big_mib / ours_t:.0f} MiB/s)"
-            raw_s = f"{raw_t:.2f} s ({big_mib / raw_t:.0f} MiB/s)"
-            peak = f"{rss[label]['ours'] / MiB:.0f} MiB / {rss[label]['raw'] / MiB:.0f} MiB"
-        else:
-            ours_s = f"{n / ours_t:.0f} ops/s"
-            raw_s = f"{n / raw_t:.0f} ops/s"
-            peak = "-"
-        print(f"| {label} | {ours_s} | {raw_s} | {ours_t / raw_t:.2f}x | {peak} "
-              f"| {ours_c:.2f} s / {raw_c:.2f} s | {ours_m:.2f} s / {raw_m:.2f} s |")
-    for label, times in results.items():
-        if "MiB upload" in label:
-            walls = {w: [round(t[0], 2) for t in times[w]] for w in ("ours", "raw")}
-            print(f"\n{label}, every round (s): ours {walls['ours']}, raw {walls['raw']}")
+    print_table(results, rss, "raw aioboto3", n, big_mib)
 
 
 if __name__ == "__main__":
