@@ -17,13 +17,8 @@ emulator never does.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
-import tempfile
 import threading
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -37,7 +32,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.emulators import HOST, free_port
+from tests.emulators import HOST, Emulator, free_port
 
 
 def fake_gcs_binary() -> str | None:
@@ -51,7 +46,7 @@ def fake_gcs_binary() -> str | None:
         return None
 
 
-class FakeGcs:
+class FakeGcs(Emulator):
     """One fake-gcs-server subprocess (memory backend). Fault injection: stop(),
     pause()/resume()."""
 
@@ -60,67 +55,13 @@ class FakeGcs:
         if binary is None:
             raise RuntimeError("fake-gcs-server binary not found")
         self.binary = binary
-        self.port = free_port()
-        self.workdir = tempfile.mkdtemp(prefix="emu-gcs-")
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.start()
+        super().__init__("gcs")
 
-    @property
-    def endpoint(self) -> str:
-        return f"http://{HOST}:{self.port}"
-
-    def start(self, timeout: float = 15.0) -> None:
-        cmd = [self.binary, "-scheme", "http", "-host", HOST, "-port", str(self.port),
-               "-backend", "memory", "-external-url", self.endpoint,
-               "-public-host", f"{HOST}:{self.port}", "-log-level", "warn"]
-        with open(os.path.join(self.workdir, "server.log"), "ab") as log:
-            self.proc = subprocess.Popen(cmd, cwd=self.workdir, stdout=log,
-                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        t0 = time.monotonic()
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"fake-gcs-server exited rc={self.proc.returncode}: "
-                                   f"{self.log_tail()}")
-            try:
-                urllib.request.urlopen(f"{self.endpoint}/storage/v1/b", timeout=1).close()
-                return
-            except urllib.error.HTTPError:
-                return
-            except OSError:
-                if time.monotonic() - t0 > timeout:
-                    self.stop()
-                    raise TimeoutError("fake-gcs-server not ready") from None
-                time.sleep(0.02)
-
-    def stop(self) -> None:
-        """SIGTERM (SIGKILL after 5 s). Safe to call twice."""
-        if self.proc and self.proc.poll() is None:
-            self.resume()
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def pause(self) -> None:
-        """The server hangs: the kernel accepts connections, nothing answers."""
-        if self.proc and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGSTOP)
-
-    def resume(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGCONT)
-
-    def log_tail(self, n: int = 2000) -> str:
-        try:
-            return Path(self.workdir, "server.log").read_text(errors="replace")[-n:]
-        except OSError:
-            return ""
-
-    def close(self) -> None:
-        self.stop()
-        shutil.rmtree(self.workdir, ignore_errors=True)
+    def _cmd(self) -> tuple[list[str], str]:
+        return ([self.binary, "-scheme", "http", "-host", HOST, "-port", str(self.port),
+                 "-backend", "memory", "-external-url", self.endpoint,
+                 "-public-host", f"{HOST}:{self.port}", "-log-level", "warn"],
+                f"{self.endpoint}/storage/v1/b")
 
 
 #: the access token the local token endpoint grants
