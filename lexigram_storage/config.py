@@ -42,6 +42,7 @@ __all__ = [
     "StorageOperationConfig",
     "StorageR2Config",
     "StorageS3Config",
+    "secret_value",
     "settings_from",
 ]
 
@@ -403,6 +404,11 @@ def _secrets(block: BaseModel | None) -> list[tuple[str, str]]:
 
 
 _Block = TypeVar("_Block", bound=BaseModel)
+
+
+def secret_value(value: str | SecretStr | None) -> str | None:
+    """The plain text of a secret setting (``None`` stays ``None``)."""
+    return value.get_secret_value() if isinstance(value, SecretStr) else value
 
 
 def settings_from(model: type[_Block], arguments: Mapping[str, Any], *, backend: str | None,

@@ -34,7 +34,7 @@ from lexigram.contracts.infra.storage import StorageError
 from pydantic import SecretStr
 
 from lexigram_storage.capabilities import Capability
-from lexigram_storage.config import StorageAzureConfig, settings_from
+from lexigram_storage.config import StorageAzureConfig, secret_value, settings_from
 from lexigram_storage.drivers._http import idle_bounded_body
 from lexigram_storage.drivers._parts import PartRules, upload
 from lexigram_storage.drivers.base import BaseDriver, await_to_end, create_only_conflict
@@ -165,10 +165,6 @@ def _first_line(exc: BaseException) -> str:
     return message.strip().splitlines()[0] if message.strip() else type(exc).__name__
 
 
-def _secret(value: SecretStr | None) -> str | None:
-    return value.get_secret_value() if value is not None else None
-
-
 def _connection_fields(connection_string: str) -> dict[str, str]:
     """``Key=value;...`` pairs of a connection string (values may contain ``=``)."""
     fields: dict[str, str] = {}
@@ -248,7 +244,7 @@ class AzureDriver(BaseDriver):
         self.settings = settings
         self._container_name = settings.container
         self._connection_string = settings.connection_string
-        fields = _connection_fields(_secret(self._connection_string) or "")
+        fields = _connection_fields(secret_value(self._connection_string) or "")
         self.account_name = settings.account_name or fields.get("accountname")
         key = fields.get("accountkey")
         self._account_key = settings.account_key or (SecretStr(key) if key else None)

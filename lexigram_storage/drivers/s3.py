@@ -42,6 +42,7 @@ from lexigram_storage.config import (
     NamedStorageConfig,
     StorageR2Config,
     StorageS3Config,
+    secret_value,
     settings_from,
 )
 from lexigram_storage.drivers._parts import PartRules, abort_upload, start_upload, upload
@@ -202,12 +203,6 @@ def _shared_session() -> Any:
     return _SESSION
 
 
-def _secret(value: str | SecretStr | None) -> str | None:
-    if isinstance(value, SecretStr):
-        return value.get_secret_value()
-    return value
-
-
 class S3Driver(BaseDriver):
     """Objects in an Amazon S3 (or S3-compatible) bucket.
 
@@ -357,8 +352,8 @@ class S3Driver(BaseDriver):
                 if self._access_key is not None:
                     credentials = {
                         "aws_access_key_id": self._access_key,
-                        "aws_secret_access_key": _secret(self._secret_key),
-                        "aws_session_token": _secret(self._session_token),
+                        "aws_secret_access_key": secret_value(self._secret_key),
+                        "aws_session_token": secret_value(self._session_token),
                     }
                 cm = _shared_session().client("s3", endpoint_url=self.endpoint_url,
                                               region_name=self.region,
