@@ -11,6 +11,7 @@ import hashlib
 import io
 import ipaddress
 import os
+import random
 import ssl
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -20,7 +21,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from lexigram_storage.drivers._http import SMALL_BODY, IdleBoundedPayload, idle_bounded_body
+from lexigram_storage.drivers._http import SMALL_BODY, IdleBoundedPayload, idle_bounded_body, retry_delay
 from tests.emulators import HOST
 
 MiB = 1024 * 1024
@@ -204,3 +205,13 @@ async def test_a_server_that_stops_reading_fails_the_request(
     except ConnectionError:
         pass
     assert received < len(raw)
+
+
+def test_retry_delay_is_botocores_standard_rule() -> None:
+    """Every self-retrying driver waits a random time in [0, min(20, 2**(n-1))] after its n-th
+    failure, like botocore's standard mode that the S3 driver uses."""
+    random.seed(7)
+    for failures, cap in [(1, 1.0), (2, 2.0), (3, 4.0), (5, 16.0), (6, 20.0), (60, 20.0)]:
+        waits = [retry_delay(failures) for _ in range(400)]
+        assert all(0 <= w <= cap for w in waits)
+        assert max(waits) > cap * 0.9 and min(waits) < cap * 0.1  # spread over the whole range

@@ -27,6 +27,9 @@ its answer begin, within ``read_timeout``: the one limit, as in any HTTP client.
 
 Use: the S3 driver through :func:`aiobotocore_session_class`; the GCS driver passes each request
 body (a part's pieces as a list, without joining them) through :func:`idle_bounded_body`.
+
+:func:`retry_delay` is the one wait between attempts of every driver that retries itself (GCS,
+Azure): botocore's standard-mode rule, which the S3 driver gets from botocore.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import io
+import random
 from typing import Any
 
 from aiohttp import ServerTimeoutError
@@ -41,7 +45,18 @@ from aiohttp.abc import AbstractStreamWriter
 from aiohttp.payload import Payload
 
 __all__ = ["SLICE_SIZE", "SMALL_BODY", "IdleBoundedPayload", "aiobotocore_session_class",
-           "idle_bounded_body"]
+           "idle_bounded_body", "retry_delay"]
+
+#: the longest wait between two attempts, in seconds (botocore's standard mode)
+RETRY_DELAY_CAP = 20.0
+
+
+def retry_delay(failures: int) -> float:
+    """Seconds to wait after the *failures*-th failed attempt before the next: a random time in
+    ``[0, min(20, 2 ** (failures - 1))]`` ("full jitter"), botocore's standard retry mode, so that
+    every driver backs off alike and clients that failed together do not retry together."""
+    return random.uniform(0, min(RETRY_DELAY_CAP, 2.0 ** min(failures - 1, 16)))
+
 
 #: bodies up to this size are sent as they are: asyncio's default high-water mark, below which
 #: aiohttp never waits for the transport to drain, so writing them cannot hang

@@ -23,7 +23,6 @@ unchanged (a blob written by other tools with upper-case names reads back lower-
 from __future__ import annotations
 
 import asyncio
-import random
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -35,7 +34,7 @@ from pydantic import SecretStr
 
 from lexigram_storage.capabilities import Capability
 from lexigram_storage.config import StorageAzureConfig, secret_value, settings_from
-from lexigram_storage.drivers._http import idle_bounded_body
+from lexigram_storage.drivers._http import idle_bounded_body, retry_delay
 from lexigram_storage.drivers._parts import PartRules, upload
 from lexigram_storage.drivers.base import BaseDriver, await_to_end, create_only_conflict
 from lexigram_storage.errors import (
@@ -186,7 +185,7 @@ class _Retry(ExponentialRetry):
                          retry_status=retries)
 
     def get_backoff_time(self, settings: dict[str, Any]) -> float:
-        return random.uniform(0, min(20.0, 2.0 ** (int(settings["count"]) - 1)))
+        return retry_delay(int(settings["count"]))
 
 
 class AzureDriver(BaseDriver):

@@ -23,9 +23,10 @@ stored; a mismatch raises ``ChecksumMismatchError`` and removes that object.
 
 Requests that may be repeated (reads, listings, deletes, metadata patches, copies, the start of
 an upload session, single uploads without ``if_none_match``) are retried on connection failures,
-timeouts and 408/429/5xx answers with exponential backoff and jitter, ``max_attempts`` attempts
-in all; a request that never reached the server is always retried. Chunks of an upload session
-are not: a failed chunk aborts the upload.
+timeouts and 408/429/5xx answers, ``max_attempts`` attempts in all, waiting
+:func:`~lexigram_storage.drivers._http.retry_delay` between them (as every driver does); a
+request that never reached the server is always retried. Chunks of an upload session are not: a
+failed chunk aborts the upload.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from urllib.parse import quote, urlsplit
 from lexigram.contracts.infra.storage import StorageError
 
 from lexigram_storage.config import StorageGCSConfig, settings_from
-from lexigram_storage.drivers._http import idle_bounded_body
+from lexigram_storage.drivers._http import idle_bounded_body, retry_delay
 from lexigram_storage.drivers._parts import PartRules, upload
 from lexigram_storage.drivers.base import BaseDriver, await_to_end, create_only_conflict
 from lexigram_storage.errors import (
@@ -93,8 +94,6 @@ SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
 _GCE_EMAIL_URL = ("http://metadata.google.internal/computeMetadata/v1/instance/"
                   "service-accounts/default/email")
 _RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
-_BACKOFF_BASE = 0.2
-_BACKOFF_CAP = 10.0
 _MEDIA = {"alt": "media"}
 _SLICE = 256 * KiB
 _JSON = "application/json; charset=UTF-8"
@@ -366,7 +365,7 @@ class GCSDriver(BaseDriver):
 
     async def _retrying(self, attempt: Callable[[], Awaitable[_T]], idempotent: bool) -> _T:
         """Run *attempt* up to ``max_attempts`` times while its failures are retryable,
-        waiting an exponential backoff with jitter between attempts."""
+        waiting :func:`retry_delay` between attempts."""
         tries = 1
         while True:
             try:
@@ -374,7 +373,7 @@ class GCSDriver(BaseDriver):
             except Exception as exc:
                 if tries >= self.max_attempts or not _retryable(exc, idempotent):
                     raise
-            await asyncio.sleep(_backoff(tries))
+            await asyncio.sleep(retry_delay(tries))
             tries += 1
 
     def _object_url(self, key: str) -> str:
@@ -792,11 +791,6 @@ def _retryable(exc: Exception, idempotent: bool) -> bool:
     return isinstance(exc, aiohttp.ClientConnectionError | aiohttp.ClientPayloadError
                       | TimeoutError)
 
-
-def _backoff(tries: int) -> float:
-    """Seconds before attempt ``tries + 1``: exponential, half of it random (jitter)."""
-    delay = min(_BACKOFF_CAP, _BACKOFF_BASE * (1 << min(tries - 1, 16)))
-    return delay / 2 + random.uniform(0, delay / 2)
 
 
 def _error_text(body: bytes, reason: str) -> tuple[str, str]:
