@@ -120,15 +120,11 @@ class LocalStorage(KVStoreBase):
         await self._in_thread(lambda db: None, None)  # opening is what _in_thread does first
 
     async def disconnect(self) -> None:
-        """Wait for the worker thread's pending work, then close both connections."""
-        executor, self._executor = self._executor, None
-        inline, self._inline = self._inline, None  # no new statement starts on it
-        if executor is None:
-            return
-        try:
-            await asyncio.get_running_loop().run_in_executor(executor, self._close, inline)
-        finally:
-            await asyncio.to_thread(executor.shutdown)
+        """Close both connections once the worker thread's pending work is done. The worker
+        thread itself ends with the store; a later call opens the database again."""
+        inline, self._inline = self._inline, None  # no statement starts on it any more
+        if self._executor is not None:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._close, inline)
 
     def _open(self) -> None:
         if self._worker is not None:
@@ -160,8 +156,9 @@ class LocalStorage(KVStoreBase):
 
     async def get(self, key: str, namespace: str | None = None) -> Any | None:
         args = (self._namespace(namespace), self._key(key), self.clock())
-        row = await self._point(key, lambda db: db.execute(_GET, args).fetchone())
-        return None if row is None else json.loads(row[0])
+        # fetchall: the statement runs to its end, so its read transaction ends with it
+        rows = await self._point(key, lambda db: db.execute(_GET, args).fetchall())
+        return json.loads(rows[0][0]) if rows else None
 
     async def set(self, key: str, value: Any, namespace: str | None = None,
                   ttl: float | None = None) -> bool:
@@ -181,7 +178,7 @@ class LocalStorage(KVStoreBase):
 
     async def exists(self, key: str, namespace: str | None = None) -> bool:
         args = (self._namespace(namespace), self._key(key), self.clock())
-        return await self._point(key, lambda db: db.execute(_EXISTS, args).fetchone()) is not None
+        return bool(await self._point(key, lambda db: db.execute(_EXISTS, args).fetchall()))
 
     async def list_keys(self, pattern: str | None = None,
                         namespace: str | None = None) -> list[str]:
@@ -257,6 +254,8 @@ class LocalStorage(KVStoreBase):
                                           key=key, cause=exc) from exc
 
     def _thread(self) -> ThreadPoolExecutor:
+        # One thread for the store's lifetime, so that everything done with the worker's
+        # connection (opening and closing included) runs in order.
         if self._executor is None:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="lexigram-kv")
         return self._executor

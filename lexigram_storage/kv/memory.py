@@ -51,7 +51,7 @@ class InMemoryKVStorage(KVStoreBase):
         return None if entry is None else json.loads(entry[0])
 
     async def set(self, key: str, value: Any, namespace: str | None = None,
-                  ttl: int | None = None) -> bool:
+                  ttl: float | None = None) -> bool:
         ns, key = self._namespace(namespace), self._key(key)
         text = self._encode(key, value)
         expires_at = self._expires_at(ttl)
