@@ -3,7 +3,7 @@
 One API (``BlobStoreProtocol`` plus copy/move/batch operations) over memory, local disk,
 Amazon S3, Cloudflare R2, Google Cloud Storage and Azure Blob Storage, bound into the
 DI container by ``StorageModule``, with domain events and a conformance suite every driver
-passes.
+passes. Key-value storage (``StorageBackendProtocol``) is in ``lexigram_storage.kv``.
 
 The drivers are imported on first use (``from lexigram_storage import S3Driver``), so an
 optional SDK is needed only by the code that uses its driver: without aioboto3 that import
@@ -27,6 +27,7 @@ from lexigram_storage.config import (
     StorageDriversConfig,
     StorageEventsConfig,
     StorageGCSConfig,
+    StorageKVConfig,
     StorageLocalConfig,
     StorageMemoryConfig,
     StorageOperationConfig,
@@ -121,6 +122,7 @@ __all__ = [
     "StorageEventsConfig",
     "StorageFileNotFoundError",
     "StorageGCSConfig",
+    "StorageKVConfig",
     "StorageLocalConfig",
     "StorageMemoryConfig",
     "StorageModule",

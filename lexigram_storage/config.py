@@ -36,6 +36,7 @@ __all__ = [
     "StorageDriversConfig",
     "StorageEventsConfig",
     "StorageGCSConfig",
+    "StorageKVConfig",
     "StorageLocalConfig",
     "StorageMemoryConfig",
     "StorageNetworkConfig",
@@ -245,6 +246,21 @@ class StorageEventsConfig(_Model):
                                     "queued events; the rest are logged as undelivered.")
 
 
+class StorageKVConfig(_Model):
+    """Key-value storage: when set, ``StorageBackendProtocol`` is bound (see ``lexigram_storage.kv``)."""
+
+    driver: Literal["memory", "local"] = Field(
+        "local", description="local = SQLite database under base_path; memory = in the process.")
+    base_path: str = Field("./kv", description="Directory of the local driver's database "
+                           "(kv.sqlite3); created at boot.")
+    default_ttl: float | None = Field(None, gt=0, description="Seconds a key lives when set() "
+                                      "is given no ttl; none = forever.")
+    lock_timeout: float = Field(5.0, gt=0, description="Seconds a local write waits while "
+                                "another connection or process writes.")
+    fsync: bool = Field(False, description="Make every local write durable against power loss "
+                        "(slower); off, writes survive a crash of the process.")
+
+
 class NamedStorageConfig(_Model):
     """One named backend; injected as ``Annotated[BlobStoreProtocol, Named(name)]``."""
 
@@ -321,6 +337,9 @@ class StorageConfig(BaseSettings):
                                             description="Upload policy for every backend.")
     events: StorageEventsConfig = Field(default_factory=StorageEventsConfig,
                                         description="Event queue policy for every backend.")
+    kv: StorageKVConfig | None = Field(None, description="Key-value storage; none = "
+                                       "StorageBackendProtocol is not bound (stub() binds an "
+                                       "in-memory one).")
     health_check_timeout: float = Field(5.0, gt=0, description="Seconds for boot and health probes.")
     env: str = Field(default_factory=lambda: os.environ.get("LEX_ENV", "development"),
                      description="Deployment environment; 'production' (or LEX_ENV) rejects weak secrets.")

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from lexigram.contracts.infra.storage import BlobStoreProtocol, StorageDriverProtocol
+from lexigram.contracts.infra.storage import (
+    BlobStoreProtocol,
+    StorageBackendProtocol,
+    StorageDriverProtocol,
+)
 from lexigram.di.module import DynamicModule, Module, module
 
 from lexigram_storage.config import StorageConfig
@@ -13,7 +17,8 @@ from lexigram_storage.registry import DriverRegistry
 
 __all__ = ["StorageModule"]
 
-_EXPORTS: list[Any] = [BlobStoreProtocol, StorageDriverProtocol, DriverRegistry]
+_EXPORTS: list[Any] = [BlobStoreProtocol, StorageDriverProtocol, StorageBackendProtocol,
+                       DriverRegistry]
 
 
 @module(exports=_EXPORTS, is_global=True)
@@ -22,7 +27,8 @@ class StorageModule(Module):
 
     ``@module(imports=[StorageModule.configure(StorageConfig(...))])`` in the application's
     root module; ask for ``store: BlobStoreProtocol`` (the default backend) or
-    ``Annotated[BlobStoreProtocol, Named("avatars")]``. Each call builds fresh provider
+    ``Annotated[BlobStoreProtocol, Named("avatars")]``, and ``kv: StorageBackendProtocol``
+    when the configuration has a ``kv`` section. Each call builds fresh provider
     instances, so call it once per application (e.g. inside an app factory).
     """
 
@@ -42,7 +48,8 @@ class StorageModule(Module):
 
     @classmethod
     def stub(cls, config: StorageConfig | None = None) -> DynamicModule:
-        """The same bindings, each backend an isolated in-memory driver (for tests)."""
+        """The same bindings, each backend an isolated in-memory driver (for tests), and an
+        ``InMemoryKVStorage`` as ``StorageBackendProtocol`` (with or without a ``kv`` section)."""
         if config is not None and not isinstance(config, StorageConfig):
             raise TypeError(
                 f"StorageModule.stub() expects a StorageConfig or None, not {type(config).__name__}"

@@ -12,16 +12,22 @@ from lexigram.contracts.core.config import ConfigProtocol
 from lexigram.contracts.core.health import HealthCheckResult, HealthStatus
 from lexigram.contracts.core.hooks import HookRegistryProtocol
 from lexigram.contracts.events import DomainEventPublisherProtocol, EventBusProtocol
-from lexigram.contracts.infra.storage import BlobStoreProtocol, StorageDriverProtocol, StorageError
+from lexigram.contracts.infra.storage import (
+    BlobStoreProtocol,
+    StorageBackendProtocol,
+    StorageDriverProtocol,
+    StorageError,
+)
 from lexigram.di.provider import Provider, ProviderPriority
 from lexigram.logging import get_logger
 from pydantic import ValidationError
 
-from lexigram_storage.config import StorageConfig, StorageEventsConfig
+from lexigram_storage.config import StorageConfig, StorageEventsConfig, StorageKVConfig
 from lexigram_storage.drivers.base import BaseDriver
 from lexigram_storage.drivers.memory import MemoryDriver
 from lexigram_storage.errors import StorageBootError, StorageConfigurationError
 from lexigram_storage.events import NO_EVENTS, StorageEvents
+from lexigram_storage.kv import InMemoryKVStorage, LocalStorage
 from lexigram_storage.registry import DriverContext, DriverRegistry
 
 __all__ = ["StorageProvider"]
@@ -37,7 +43,8 @@ class StorageProvider(Provider):
     Bindings: ``DriverRegistry``; the default ``BlobStoreProtocol`` (and
     ``StorageDriverProtocol``) -- the primary backend, else the first, else ``default_driver``;
     and ``Annotated[BlobStoreProtocol, Named(name)]`` (also ``(BlobStoreProtocol, name)``) per
-    backend. All are the driver instances themselves.
+    backend. All are the driver instances themselves. With ``config.kv`` (or ``stub``), also
+    ``StorageBackendProtocol``: the key-value store, connected at boot, disconnected at shutdown.
 
     Args:
         config: the storage configuration; ``None`` reads the application's ``storage``
@@ -69,6 +76,7 @@ class StorageProvider(Provider):
         self.stub = stub
         self.registry = registry or DriverRegistry()
         self.drivers: dict[str, BaseDriver] = {}
+        self.kv: InMemoryKVStorage | LocalStorage | None = None
         self.events: StorageEvents = NO_EVENTS
         self._shut = False
 
@@ -110,6 +118,9 @@ class StorageProvider(Provider):
         for name, driver in self.drivers.items():
             container.singleton(BlobStoreProtocol, driver, name=name)
             container.singleton(StorageDriverProtocol, driver, name=name)
+        if config.kv is not None or self.stub:
+            self.kv = _kv_store(config.kv, stub=self.stub)
+            container.singleton(StorageBackendProtocol, self.kv)
         logger.debug("storage.registered", backends=list(self.drivers),
                      default=config.default_backend(), stub=self.stub)
 
@@ -129,6 +140,8 @@ class StorageProvider(Provider):
         timeout = self._config.health_check_timeout if self._config else 5.0
         try:
             await asyncio.gather(*(self._start(name, d, timeout) for name, d in self.drivers.items()))
+            if self.kv is not None:
+                await self._start_kv(self.kv, timeout)
         except BaseException:
             # The framework does not call shutdown() for a provider whose boot failed.
             await self.shutdown()
@@ -148,6 +161,18 @@ class StorageProvider(Provider):
             raise StorageBootError(f"health check failed: {result.error}", backend=name,
                                    details={"health": result.details})
 
+    async def _start_kv(self, kv: InMemoryKVStorage | LocalStorage, timeout: float) -> None:
+        try:
+            await asyncio.wait_for(kv.connect(), timeout)
+        except TimeoutError as exc:
+            raise StorageBootError(f"not ready within {timeout}s", backend="kv", cause=exc) from exc
+        except Exception as exc:
+            reason = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+            raise StorageBootError(f"failed to start: {reason}", backend="kv", cause=exc) from exc
+        result = await kv.health_check(timeout)
+        if result.status == HealthStatus.UNHEALTHY:
+            raise StorageBootError(f"health check failed: {result.error}", backend="kv")
+
     # ------------------------------------------------------------------ shutdown
 
     async def shutdown(self) -> None:
@@ -163,6 +188,12 @@ class StorageProvider(Provider):
             except Exception as exc:
                 errors.append(f"{name}: {exc}")
                 logger.warning("storage.close_failed", backend=name, error=repr(exc))
+        if self.kv is not None:
+            try:
+                await self.kv.disconnect()
+            except Exception as exc:
+                errors.append(f"kv: {exc}")
+                logger.warning("storage.close_failed", backend="kv", error=repr(exc))
         if errors:
             raise StorageError("storage: closing backends failed: " + "; ".join(errors))
 
@@ -172,14 +203,15 @@ class StorageProvider(Provider):
         """Worst status over all backends, with per-backend details. Never raises."""
         start = time.perf_counter()
         try:
-            results = await asyncio.gather(*(d.health_check(timeout) for d in self.drivers.values()))
+            checked: dict[str, Any] = {**self.drivers, **({"kv": self.kv} if self.kv else {})}
+            results = await asyncio.gather(*(d.health_check(timeout) for d in checked.values()))
             details: dict[str, Any] = {
                 name: {"status": r.status.value, "error": r.error, **(r.details or {})}
-                for name, r in zip(self.drivers, results, strict=True)
+                for name, r in zip(checked, results, strict=True)
             }
             worst = max((r.status for r in results), key=lambda s: _RANK.get(s, 2),
                         default=HealthStatus.HEALTHY)
-            failing = [n for n, r in zip(self.drivers, results, strict=True) if not r.is_healthy()]
+            failing = [n for n, r in zip(checked, results, strict=True) if not r.is_healthy()]
             message = (f"{len(failing)} of {len(results)} backends unhealthy: {', '.join(failing)}"
                        if failing else f"{len(results)} backends healthy")
             details["events"] = self.events.stats()
@@ -189,6 +221,15 @@ class StorageProvider(Provider):
         except Exception as exc:  # pragma: no cover - defensive: health must never raise
             return HealthCheckResult(component="storage", status=HealthStatus.UNHEALTHY,
                                      error=f"{type(exc).__name__}: {exc}")
+
+
+def _kv_store(config: StorageKVConfig | None, *, stub: bool) -> InMemoryKVStorage | LocalStorage:
+    """The key-value store of *config*: in memory when stubbed or ``driver: memory``."""
+    settings = config or StorageKVConfig()
+    if stub or settings.driver == "memory":
+        return InMemoryKVStorage(default_ttl=settings.default_ttl)
+    return LocalStorage(settings.base_path, default_ttl=settings.default_ttl,
+                        lock_timeout=settings.lock_timeout, fsync=settings.fsync)
 
 
 async def _optional(container: Any, key: type) -> Any:
@@ -205,7 +246,7 @@ async def _config_from_app(container: Any) -> StorageConfig:
         app_config = await container.resolve(ConfigProtocol)
         section = app_config.get_section("storage")
     data = dict(section or {})
-    for key in ("backends", "drivers", "service", "events"):  # env gives complex values as JSON
+    for key in ("backends", "drivers", "service", "events", "kv"):  # env: complex values as JSON
         if isinstance(data.get(key), str):
             with contextlib.suppress(json.JSONDecodeError):
                 data[key] = json.loads(data[key])

@@ -11,6 +11,7 @@ from lexigram_storage.config import (
     StorageConfig,
     StorageEventsConfig,
     StorageGCSConfig,
+    StorageKVConfig,
     StorageLocalConfig,
     StorageMemoryConfig,
     StorageOperationConfig,
@@ -61,13 +62,14 @@ def rows(model, prefix, env):
 
 print("| key | type | default | env var | meaning |\n|---|---|---|---|---|")
 for name, f in StorageConfig.model_fields.items():
-    if name in ("drivers", "service", "events", "backends"):
+    if name in ("drivers", "service", "events", "backends", "kv"):
         continue
     print(
         f"| `{name}` | {esc(tname(f))} | {esc(default(f))} | `LEX_STORAGE__{name.upper()}` | {esc(f.description or '')} |"  # noqa: E501
     )
 rows(StorageOperationConfig, "service.", "LEX_STORAGE__SERVICE__")
 rows(StorageEventsConfig, "events.", "LEX_STORAGE__EVENTS__")
+rows(StorageKVConfig, "kv.", "LEX_STORAGE__KV__")
 for drv, model in [
     ("memory", StorageMemoryConfig),
     ("local", StorageLocalConfig),
