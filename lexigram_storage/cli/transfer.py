@@ -261,14 +261,26 @@ async def _etag(ref: LocalRef | ObjectRef, rel: str, entry: _Entry) -> str:
 
 
 async def _run_all(items: list[Any], concurrency: int, work: Callable[[Any], Any]) -> None:
-    """Run ``work(item)`` for every item, *concurrency* at a time."""
+    """Run ``work(item)`` for every item, *concurrency* at a time; the first error raises.
+
+    Cancelled (Ctrl-C), it takes no further item and returns only once every running ``work``
+    has ended: an upload whose commit had begun finishes it (and consumes the cancellation,
+    see ``await_to_end``), so the drivers are closed only after every commit."""
     pending = iter(items)
+    parent = asyncio.current_task()
 
     async def worker() -> None:
         for item in pending:
+            if parent is not None and parent.cancelling():
+                return
             await work(item)
 
-    await asyncio.gather(*(worker() for _ in range(min(concurrency, len(items)) or 1)))
+    try:
+        async with asyncio.TaskGroup() as group:
+            for _ in range(min(concurrency, len(items))):
+                group.create_task(worker())
+    except BaseExceptionGroup as errors:
+        raise errors.exceptions[0] from None
 
 
 async def sync(backends: Backends, src: LocalRef | ObjectRef, dst: LocalRef | ObjectRef,
