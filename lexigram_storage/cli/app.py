@@ -65,10 +65,10 @@ def _options(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
 ) -> None:
     # Under `lexigram storage`, lexigram-cli's own --config/--debug (given before `storage`)
-    # count too.
-    outer = getattr(ctx.find_root().obj, "get", lambda _k: None)("cli_context")
-    ctx.obj = Options(config=config or getattr(outer, "config_path", None),
-                      debug=debug or bool(getattr(outer, "debug", False)))
+    # count too: the root command's parameters.
+    outer = ctx.find_root().params
+    ctx.obj = Options(config=config or outer.get("config_path"),
+                      debug=debug or bool(outer.get("debug")))
 
 
 def _run(ctx: typer.Context, work: Callable[[Backends], Awaitable[int | None]]) -> None:

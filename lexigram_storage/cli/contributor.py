@@ -10,7 +10,6 @@ itself, from ``app_factory_path``.
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from typing import Any
 
 from lexigram import Application
@@ -73,26 +72,16 @@ class StorageCliContributor:
         return []
 
 
-def _lexigram_config_path() -> Path | None:
-    """The ``--config`` given to ``lexigram`` itself (``lexigram -c app.yaml system doctor``)."""
-    import click  # lexigram-cli, the only caller, runs on click (typer)
-
-    ctx = click.get_current_context(silent=True)
-    obj = ctx.find_root().obj if ctx is not None else None
-    outer = obj.get("cli_context") if isinstance(obj, dict) else None
-    path = getattr(outer, "config_path", None)
-    return Path(path) if path is not None else None
-
-
 def doctor_check() -> Any:
-    """Validate the ``storage:`` configuration (``application.yaml`` and ``LEX_STORAGE__*``)
-    and health-check every backend; a lexigram-cli ``CheckResult``: FAIL naming what failed."""
+    """Validate the ``storage:`` configuration (the working directory's ``application.yaml``,
+    as lexigram-cli's own checks read it, and ``LEX_STORAGE__*``) and health-check every
+    backend; a lexigram-cli ``CheckResult``: FAIL naming what failed."""
     from lexigram.cli.registry.health import CheckResult, CheckStatus  # lexigram-cli's
 
     # lexigram logs to stdout and lexigram-cli leaves its logging unconfigured: without this,
     # building the backends would print their debug lines among the doctor's report.
     configure_logging(level="CRITICAL")
-    checks = asyncio.run(run_checks(_lexigram_config_path()))
+    checks = asyncio.run(run_checks(None))
     failed = [check for check in checks if not check.ok]
     return CheckResult(
         name="storage", status=CheckStatus.FAIL if failed else CheckStatus.PASS,
