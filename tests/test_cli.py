@@ -79,6 +79,9 @@ def test_put_ls_info_cat_get(work: Path, tmp_path: Path) -> None:
     (work / "down").mkdir()
     assert ok(work, "get", "top.txt", "down").text == "get top.txt -> down/top.txt\n"
     assert (work / "down" / "top.txt").exists()
+    assert ok(work, "cp", "files:top.txt", "new/dir/").text == \
+        "copied files:top.txt -> new/dir/top.txt\n"
+    assert (work / "new" / "dir" / "top.txt").exists()
 
 
 def test_stdin_and_stdout_carry_binary_content_unchanged(work: Path) -> None:

@@ -105,6 +105,9 @@ def _guarded(options: Options, main: Callable[[], Awaitable[int]]) -> int:
         where = f"{exc.filename}: " if exc.filename else ""
         _error(options, f"{where}{exc.strerror or exc}")
         return 1
+    except Exception as exc:  # a failure with no storage meaning: still one line (--debug: all)
+        _error(options, f"{type(exc).__name__}: {_text(exc)}")
+        return 1
 
 
 async def _coroutine(main: Callable[[], Awaitable[int]]) -> int:

@@ -48,6 +48,7 @@ class ObjectRef:
 @dataclass(frozen=True)
 class LocalRef:
     path: Path
+    folder: bool = False  # written with a trailing slash: a folder, existing or not
 
     def __str__(self) -> str:
         return str(self.path)
@@ -140,7 +141,7 @@ class Backends:
             return StdioRef()
         named = _NAMED.match(arg)
         if named is None:
-            return LocalRef(Path(arg))
+            return LocalRef(Path(arg), folder=arg.endswith("/"))
         if named.group(1) not in self._provider.drivers:
             raise UsageError(f"unknown backend {named.group(1)!r} in {arg!r} (backends: "
                              f"{', '.join(self.names)}); write ./{arg} for a local file")

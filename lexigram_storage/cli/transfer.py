@@ -123,7 +123,7 @@ async def _write_stdout(chunks: AsyncIterator[bytes]) -> None:
 def _target(dst: Ref, source_name: str) -> Ref:
     """A destination naming a folder (``dir/``, an existing directory, ``NAME:``) gets the
     source's name appended."""
-    if isinstance(dst, LocalRef) and (dst.path.is_dir() or str(dst.path).endswith(os.sep)):
+    if isinstance(dst, LocalRef) and (dst.folder or dst.path.is_dir()):
         return LocalRef(dst.path / source_name)
     if isinstance(dst, ObjectRef) and (dst.key == "" or dst.key.endswith("/")):
         return ObjectRef(dst.backend, dst.key + source_name)
