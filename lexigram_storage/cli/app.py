@@ -150,8 +150,9 @@ def backends(ctx: typer.Context, json_output: JsonOption = False) -> None:
 
 @app.command()
 def doctor(ctx: typer.Context, json_output: JsonOption = False) -> None:
-    """Validate the configuration and health-check every backend (exit 1 if any fails,
-    2 if the configuration is invalid)."""
+    """Validate the configuration and health-check every backend.
+
+    Exit 1 when a backend fails, 2 when the configuration is invalid."""
     options: Options = ctx.obj
 
     async def main() -> int:
@@ -194,6 +195,7 @@ def ls(
     json_output: JsonOption = False,
 ) -> None:
     """List one level under a prefix (folders end with /), or every object with -r.
+
     --json prints one JSON object per line."""
     async def work(b: Backends) -> int:
         ref = b.object_ref(address)
@@ -334,8 +336,9 @@ TargetArg = Annotated[str, typer.Argument(
 
 @app.command()
 def cp(ctx: typer.Context, source: SourceArg, target: TargetArg) -> None:
-    """Copy an object or file to any backend or local path (within one backend the server
-    copies). Content type, metadata and cache control are kept."""
+    """Copy an object or file to any backend, local path or stdout.
+
+    Within one backend the server copies. Content type, metadata and cache control are kept."""
     async def work(b: Backends) -> None:
         src, dst = b.any_ref(source), b.any_ref(target)
         done = await copy(b, src, dst, Meter())
@@ -368,8 +371,10 @@ def sync_command(
         "--concurrency", "-j", min=1, max=64, help="Transfers at once.")] = 4,
     json_output: JsonOption = False,
 ) -> None:
-    """Copy what is missing or differs (by size and etag) from SOURCE to TARGET, keeping
-    content type and metadata. Safe to interrupt and run again."""
+    """Make TARGET hold what SOURCE holds (prefixes or local folders).
+
+    Copies what is missing or differs by size or etag, keeping content type and metadata.
+    Safe to interrupt and run again."""
     async def work(b: Backends) -> int:
         src, dst = b.any_ref(source), b.any_ref(target)
         if isinstance(src, StdioRef) or isinstance(dst, StdioRef):

@@ -24,7 +24,6 @@ from typing import Any
 
 from lexigram_storage.cli.output import Forward, Meter
 from lexigram_storage.cli.session import Backends, LocalRef, ObjectRef, Ref, StdioRef, UsageError
-from lexigram_storage.errors import PreconditionFailedError
 
 __all__ = ["CHUNK", "SyncResult", "copy", "folder", "move", "sync"]
 
@@ -95,22 +94,19 @@ async def _counted(chunks: AsyncIterator[bytes], advance: Callable[[int], None]
 # ---------------------------------------------------------------------- writing
 
 
-async def _write_file(path: Path, chunks: AsyncIterator[bytes], *, if_absent: bool = False) -> None:
-    """Write *chunks* to a temporary file beside *path*, then give it the name *path* (a
-    rename, or with *if_absent* a link that fails if *path* exists)."""
+async def _write_file(path: Path, chunks: AsyncIterator[bytes]) -> None:
+    """Write *chunks* to a temporary file beside *path*, then rename it to *path*: the file
+    is either complete or as it was."""
     await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}{_PART}{os.urandom(6).hex()}")
     try:
         with await asyncio.to_thread(open, temp, "xb") as f:
             async for chunk in chunks:
                 await asyncio.to_thread(f.write, chunk)
-        if if_absent:
-            await asyncio.to_thread(os.link, temp, path)
-        else:
-            await asyncio.to_thread(os.replace, temp, path)
+        await asyncio.to_thread(os.replace, temp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)  # after the link, or what an interrupted write left
+            os.unlink(temp)  # what an interrupted or failed write left
 
 
 async def _write_stdout(chunks: AsyncIterator[bytes]) -> None:
@@ -137,14 +133,12 @@ async def copy(backends: Backends, src: Ref, dst: Ref, meter: Meter, *,
                content_type: str | None = None, metadata: dict[str, str] | None = None,
                if_absent: bool = False) -> Ref:
     """Copy one object or file; return where it went. Within one backend the copy is the
-    server's (no bytes pass through here)."""
+    server's (no bytes pass through here). *content_type*, *metadata* and *if_absent* (create
+    only) apply to uploads of a file or stdin (``put``)."""
     if isinstance(src, ObjectRef) and isinstance(dst, ObjectRef) and src.backend == dst.backend:
         dst = _target(dst, PurePosixPath(src.key).name)
         assert isinstance(dst, ObjectRef)
-        driver = await backends.get(src.backend)
-        if if_absent and await driver.exists(dst.key):
-            raise PreconditionFailedError(backend=dst.backend, key=dst.key)
-        await driver.copy(src.key, dst.key)
+        await (await backends.get(src.backend)).copy(src.key, dst.key)
         return dst
     source = await _source(backends, src)
     dst = _target(dst, source.name)
@@ -153,10 +147,7 @@ async def copy(backends: Backends, src: Ref, dst: Ref, meter: Meter, *,
         if isinstance(dst, StdioRef):
             await _write_stdout(chunks)
         elif isinstance(dst, LocalRef):
-            try:
-                await _write_file(dst.path, chunks, if_absent=if_absent)
-            except FileExistsError:
-                raise OSError(f"{dst.path}: already exists") from None
+            await _write_file(dst.path, chunks)
         else:
             driver = await backends.get(dst.backend)
             options: dict[str, Any] = {}
