@@ -157,7 +157,7 @@ def test_rm_one_object_and_a_prefix(work: Path) -> None:
     (("put", "-", "files:k", "--metadata", "novalue"), "error: --metadata expects NAME=VALUE, "
                                                        "got 'novalue'\n"),
     (("sync", "-", "files:"), "error: sync works on folders and prefixes, not -\n"),
-    (("--config", "missing.yaml", "ls"), None),  # typer refuses a missing file
+    (("--config", "missing.yaml", "ls"), "error: configuration file not found: missing.yaml\n"),
     (("ls", "--no-such-option"), None),
     (("frobnicate",), None),
 ])
