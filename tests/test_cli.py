@@ -363,15 +363,13 @@ def test_sync_of_a_big_file_runs_in_bounded_memory(work: Path, tmp_path: Path) -
 # ---------------------------------------------------------------------- progress
 
 
-def test_progress_bars_only_on_a_terminal(work: Path) -> None:
-    (work / "f.bin").write_bytes(os.urandom(2 * 1024 * 1024))
-    piped = ok(work, "put", "f.bin", "files:f.bin")
-    assert piped.err == ""
-    import pty  # a terminal for stderr: the bar is drawn there
+def _on_a_terminal(work: Path, *args: str) -> str:
+    """Run the command with stderr on a pseudo-terminal; what it drew there."""
+    import pty
 
     leader, follower = pty.openpty()
-    proc = subprocess.Popen(command("cp", "files:f.bin", "backup:f.bin"), cwd=work,
-                            env=cli_env(COLUMNS="120"), stdout=subprocess.PIPE, stderr=follower)
+    proc = subprocess.Popen(command(*args), cwd=work, env=cli_env(COLUMNS="160"),
+                            stdout=subprocess.DEVNULL, stderr=follower)
     os.close(follower)
     drawn = b""
     while True:
@@ -384,8 +382,22 @@ def test_progress_bars_only_on_a_terminal(work: Path) -> None:
         drawn += chunk
     assert proc.wait(timeout=60) == 0
     os.close(leader)
-    screen = drawn.decode(errors="replace")
-    assert "files:f.bin -> backup:f.bin" in screen and "2.1/2.1 MB" in screen, screen
+    return drawn.decode(errors="replace")
+
+
+def test_progress_bars_only_on_a_terminal(work: Path) -> None:
+    (work / "f.bin").write_bytes(os.urandom(2 * 1024 * 1024))
+    piped = ok(work, "put", "f.bin", "files:f.bin")
+    assert piped.err == ""
+    screen = _on_a_terminal(work, "cp", "files:f.bin", "backup:f.bin")
+    assert "files:f.bin -> backup:f.bin" in screen and "2.0/2.0 MiB" in screen, screen
+    (work / "tree" / "sub").mkdir(parents=True)
+    for name in ("a", "b", "sub/c"):
+        (work / "tree" / name).write_bytes(os.urandom(300_000))
+    screen = _on_a_terminal(work, "sync", "tree", "backup:tree")
+    assert "sync" in screen and "3/3 objects" in screen and "878.9/878.9 KiB" in screen, screen
+    assert "copy tree/a" not in screen  # stdout (here not the terminal) is not redirected
+    assert ok(work, "sync", "tree", "files:tree").err == ""
 
 
 def test_the_console_script_target_runs_the_same_commands(work: Path) -> None:

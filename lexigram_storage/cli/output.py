@@ -68,10 +68,12 @@ class Meter:
         self.enabled = sys.stderr.isatty() if enabled is None else enabled
 
     def _progress(self, *extra: TextColumn) -> Progress:
+        # Lines printed to stdout meanwhile go above the bar when stdout is the terminal too;
+        # piped, they go to the pipe untouched.
         return Progress(
-            TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+            TextColumn("{task.description}"), BarColumn(), DownloadColumn(binary_units=True),
             TransferSpeedColumn(), TimeRemainingColumn(), *extra,
-            console=Console(stderr=True), transient=False)
+            console=Console(stderr=True), redirect_stdout=sys.stdout.isatty())
 
     @contextmanager
     def transfer(self, label: str, total: int | None) -> Iterator[Advance]:
