@@ -1,10 +1,11 @@
 """The lexigram-cli contributor (entry point group ``lexigram.cli.contributors``).
 
 lexigram-cli discovers it and mounts the storage commands as ``lexigram storage ...``; its
-``lexigram system doctor`` runs ``doctor_check`` and its health commands can run
-``health_check`` on a booted application's container; ``lexigram shell`` gets ``storage``, the
-default backend. Nothing here imports typer or rich: lexigram-cli imports the command group
-itself, from ``app_factory_path``.
+``lexigram system doctor`` runs ``doctor_check``. ``health_check`` (a booted application's
+container -> the storage component) and the shell context ``storage`` (the default backend)
+follow the contracts of ``lexigram.contracts.cli``; lexigram-cli 0.1.5009 calls health checks
+without a container and loads no shell context. Nothing here imports typer or rich:
+lexigram-cli imports the command group itself, from ``app_factory_path``.
 """
 
 from __future__ import annotations
