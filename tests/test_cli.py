@@ -411,3 +411,13 @@ def test_the_console_script_target_runs_the_same_commands(work: Path) -> None:
         cwd=work, env=cli_env(), capture_output=True, text=True, timeout=60).stdout
     assert "Usage: lexigram-storage" in help_text
     assert (ROOT / "lexigram_storage" / "__main__.py").exists()
+
+
+def test_without_the_cli_extra_the_command_names_it(work: Path) -> None:
+    code = ("import runpy, sys; sys.modules['typer'] = None; sys.argv = ['x', 'ls']; "
+            "runpy.run_module('lexigram_storage', run_name='__main__')")
+    done = subprocess.run([sys.executable, "-c", code], cwd=work, env=cli_env(),
+                          capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == ('error: the storage command line needs typer: '
+                           'pip install "lexigram_storage[cli]"\n')
