@@ -65,7 +65,6 @@ from lexigram_storage.events import (
     StorageEvents,
 )
 from lexigram_storage.models import DirListing, ObjectInfo
-from lexigram_storage.module import StorageModule
 from lexigram_storage.provider import StorageProvider
 from lexigram_storage.registry import DriverContext, DriverRegistry
 
@@ -75,14 +74,21 @@ if TYPE_CHECKING:
     from lexigram_storage.drivers.local import LocalDriver as LocalDriver
     from lexigram_storage.drivers.s3 import R2Driver as R2Driver
     from lexigram_storage.drivers.s3 import S3Driver as S3Driver
+    from lexigram_storage.module import StorageModule as StorageModule
 
-# Drivers loaded on first access: driver class name -> module holding it.
-_LAZY_DRIVERS = {
+# Loaded on first access: name -> module holding it. The drivers, so that an optional SDK is
+# needed only by the code that uses its driver; and StorageModule, because lexigram's @module
+# decorator logs a DEBUG "module_decorated" line when it is applied, and at import time no
+# logging is configured yet, so structlog's default prints that line to stdout: importing
+# lexigram_storage (the command line, a script) must not print anything. An application that
+# imports StorageModule gets the line like every lexigram module's (configure_logging first).
+_LAZY = {
     "AzureDriver": "lexigram_storage.drivers.azure",
     "LocalDriver": "lexigram_storage.drivers.local",
     "S3Driver": "lexigram_storage.drivers.s3",
     "R2Driver": "lexigram_storage.drivers.s3",
     "GCSDriver": "lexigram_storage.drivers.gcs",
+    "StorageModule": "lexigram_storage.module",
 }
 
 __all__ = [
@@ -142,7 +148,7 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    module_name = _LAZY_DRIVERS.get(name)
+    module_name = _LAZY.get(name)
     if module_name is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     value = getattr(importlib.import_module(module_name), name)
@@ -151,4 +157,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY_DRIVERS})
+    return sorted({*globals(), *_LAZY})

@@ -11,6 +11,11 @@ Each fenced block is one test case, named by its language and line number:
 - ``yaml``: parses; a ``storage:`` section validates as ``StorageConfig``.
 - ``toml``: parses with ``tomllib``.
 - ``bash``: the two set-up commands; the test command is exactly the one ``.ci/run`` runs.
+- ``console``: a terminal session. Each ``$ command`` line runs in bash, in a fresh directory
+  holding the README's nearest ``yaml`` block above it as ``application.yaml``, with
+  ``lexigram-storage`` on the ``PATH`` (this tree's ``python -m lexigram_storage``); what it
+  prints (stdout and stderr) must be the lines below it, where ``...`` stands for any text
+  (runs of spaces count as one: columns).
 - ``text``: output or listings, never run. A fence without a language fails: mark it.
 """
 
@@ -97,7 +102,8 @@ def snippet_env() -> dict[str, str]:
 
 def test_every_block_is_marked_with_a_known_language() -> None:
     assert BLOCKS, "no code blocks found in README.md"
-    unknown = [b.id for b in BLOCKS if b.lang not in {"python", "yaml", "toml", "bash", "text"}]
+    unknown = [b.id for b in BLOCKS
+               if b.lang not in {"python", "yaml", "toml", "bash", "console", "text"}]
     assert not unknown, f"mark these README blocks (```text for output): {unknown}"
 
 
@@ -139,6 +145,37 @@ def run_as_pytest_module(block: Block, tmp_path: Path) -> None:
         f"README block at line {block.line} under pytest (strict asyncio mode): {summary}\n"
         + result.stdout[-6000:] + result.stderr[-2000:])
     assert re.search(r"\d+ passed", summary) and "skipped" not in summary, summary
+
+
+@pytest.mark.parametrize("block", by_lang("console"))
+def test_console_session_prints_what_it_shows(block: Block, tmp_path: Path) -> None:
+    config = [b for b in BLOCKS if b.lang == "yaml" and b.line < block.line][-1]
+    work = tmp_path / "cwd"
+    work.mkdir()
+    (work / "application.yaml").write_text(config.code, encoding="utf-8")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    script = bin_dir / "lexigram-storage"
+    script.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m lexigram_storage "$@"\n')
+    script.chmod(0o755)
+    env = snippet_env()
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
+    steps: list[tuple[str, list[str]]] = []
+    for line in block.code.splitlines():
+        if line.startswith("$ "):
+            steps.append((line[2:], []))
+        else:
+            steps[-1][1].append(line)
+    for command, expected in steps:
+        done = subprocess.run(["bash", "-c", command], cwd=work, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, timeout=120)
+        printed = [" ".join(line.split()) for line in done.stdout.splitlines()]  # columns
+        patterns = [re.compile(".*".join(map(re.escape, " ".join(line.split()).split("..."))))
+                    for line in expected]
+        assert len(printed) == len(patterns) and all(
+            p.fullmatch(line) for p, line in zip(patterns, printed, strict=True)), (
+            f"README line {block.line}: `{command}` printed:\n{done.stdout}\nexpected:\n"
+            + "\n".join(expected))
 
 
 @pytest.mark.parametrize("block", by_lang("yaml"))

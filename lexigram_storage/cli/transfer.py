@@ -1,0 +1,350 @@
+"""Moving bytes between objects, local files and stdin/stdout: ``cp``, ``mv``, ``put``, ``get``
+and ``sync``.
+
+Everything streams in chunks of ``CHUNK`` bytes: nothing reads a file or an object whole, so
+a transfer holds at most a few chunks per running copy (plus what the destination driver
+buffers for one upload: its part size times its parts in flight). Objects are written with the
+driver's upload, which stores nothing unless it completes; local files are written to a hidden
+temporary file beside the destination and renamed over it at the end. An interrupted command
+therefore leaves every destination either as it was or complete, and a re-run ``sync`` picks up
+where it stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from lexigram_storage.cli.output import Forward, Meter
+from lexigram_storage.cli.session import Backends, LocalRef, ObjectRef, Ref, StdioRef, UsageError
+
+__all__ = ["CHUNK", "SyncResult", "copy", "folder", "move", "sync"]
+
+CHUNK = 1024 * 1024
+# temporary files of unfinished local writes: skipped when a local folder is read
+_PART = ".lexigram-part-"
+
+
+@dataclass(frozen=True)
+class _Source:
+    """What a copy reads: its chunks, its size if known, and the attributes to keep."""
+
+    name: str
+    size: int | None
+    chunks: Callable[[], AsyncIterator[bytes]]
+    content_type: str | None = None
+    metadata: dict[str, Any] | None = None
+    cache_control: str | None = None
+
+
+def folder(prefix: str) -> str:
+    """A prefix taken as a folder: ``""`` stays the root, ``docs`` becomes ``docs/``."""
+    return prefix if prefix == "" or prefix.endswith("/") else prefix + "/"
+
+
+# ---------------------------------------------------------------------- reading
+
+
+async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
+    with await asyncio.to_thread(open, path, "rb") as f:
+        while chunk := await asyncio.to_thread(f.read, CHUNK):
+            yield chunk
+
+
+async def _stdin_chunks() -> AsyncIterator[bytes]:
+    stdin = sys.stdin.buffer
+    read = getattr(stdin, "read1", stdin.read)  # read1: what has arrived, up to CHUNK bytes
+    while chunk := await asyncio.to_thread(read, CHUNK):
+        yield chunk
+
+
+async def _source(backends: Backends, ref: Ref) -> _Source:
+    if isinstance(ref, StdioRef):
+        return _Source("-", None, _stdin_chunks)
+    if isinstance(ref, LocalRef):
+        try:
+            size = ref.path.stat().st_size
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, str(ref.path)) from exc
+        if ref.path.is_dir():
+            raise UsageError(f"{ref.path} is a directory (use sync for folders)")
+        path = ref.path
+        return _Source(path.name, size, lambda: _file_chunks(path))
+    driver = await backends.get(ref.backend)
+    info = await driver.info(ref.key)
+    key = ref.key
+    return _Source(PurePosixPath(key).name, info.size, lambda: driver.stream(key, CHUNK),
+                   info.content_type, info.metadata or None, info.cache_control)
+
+
+async def _counted(chunks: AsyncIterator[bytes], advance: Callable[[int], None]
+                   ) -> AsyncIterator[bytes]:
+    async for chunk in chunks:
+        advance(len(chunk))
+        yield chunk
+
+
+# ---------------------------------------------------------------------- writing
+
+
+async def _write_file(path: Path, chunks: AsyncIterator[bytes]) -> None:
+    """Write *chunks* to a temporary file beside *path*, then rename it to *path*: the file
+    is either complete or as it was."""
+    await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}{_PART}{os.urandom(6).hex()}")
+    try:
+        with await asyncio.to_thread(open, temp, "xb") as f:
+            async for chunk in chunks:
+                await asyncio.to_thread(f.write, chunk)
+        await asyncio.to_thread(os.replace, temp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)  # what an interrupted or failed write left
+
+
+async def _write_stdout(chunks: AsyncIterator[bytes]) -> None:
+    out = sys.stdout.buffer
+    async for chunk in chunks:
+        await asyncio.to_thread(out.write, chunk)
+    await asyncio.to_thread(out.flush)
+
+
+def _target(dst: Ref, source_name: str) -> Ref:
+    """A destination naming a folder (``dir/``, an existing directory, ``NAME:``) gets the
+    source's name appended."""
+    if isinstance(dst, LocalRef) and (dst.folder or dst.path.is_dir()):
+        return LocalRef(dst.path / source_name)
+    if isinstance(dst, ObjectRef) and (dst.key == "" or dst.key.endswith("/")):
+        return ObjectRef(dst.backend, dst.key + source_name)
+    return dst
+
+
+# ---------------------------------------------------------------------- cp, mv
+
+
+async def copy(backends: Backends, src: Ref, dst: Ref, meter: Meter, *,
+               content_type: str | None = None, metadata: dict[str, str] | None = None,
+               if_absent: bool = False) -> Ref:
+    """Copy one object or file; return where it went. Within one backend the copy is the
+    server's (no bytes pass through here). *content_type*, *metadata* and *if_absent* (create
+    only) apply to uploads of a file or stdin (``put``)."""
+    if isinstance(src, ObjectRef) and isinstance(dst, ObjectRef) and src.backend == dst.backend:
+        dst = _target(dst, PurePosixPath(src.key).name)
+        assert isinstance(dst, ObjectRef)
+        await (await backends.get(src.backend)).copy(src.key, dst.key)
+        return dst
+    source = await _source(backends, src)
+    dst = _target(dst, source.name)
+    with meter.transfer(f"{src} -> {dst}", source.size) as advance:
+        chunks = _counted(source.chunks(), advance)
+        if isinstance(dst, StdioRef):
+            await _write_stdout(chunks)
+        elif isinstance(dst, LocalRef):
+            await _write_file(dst.path, chunks)
+        else:
+            driver = await backends.get(dst.backend)
+            options: dict[str, Any] = {}
+            if metadata or source.metadata:
+                options["metadata"] = metadata or source.metadata
+            if source.cache_control:
+                options["cache_control"] = source.cache_control
+            if if_absent:
+                options["if_none_match"] = "*"
+            await driver.upload(dst.key, chunks, content_type or source.content_type, **options)
+    return dst
+
+
+async def move(backends: Backends, src: Ref, dst: Ref, meter: Meter) -> Ref:
+    """Copy, then remove the source (within one backend: the driver's move)."""
+    if isinstance(src, StdioRef):
+        raise UsageError("mv cannot move from stdin (use cp or put)")
+    if isinstance(src, ObjectRef) and isinstance(dst, ObjectRef) and src.backend == dst.backend:
+        dst = _target(dst, PurePosixPath(src.key).name)
+        assert isinstance(dst, ObjectRef)
+        await (await backends.get(src.backend)).move(src.key, dst.key)
+        return dst
+    done = await copy(backends, src, dst, meter)
+    if isinstance(src, LocalRef):
+        await asyncio.to_thread(os.unlink, src.path)
+    else:
+        await (await backends.get(src.backend)).delete(src.key)
+    return done
+
+
+# ---------------------------------------------------------------------- sync
+
+
+@dataclass(frozen=True)
+class _Entry:
+    size: int
+    etag: str | None  # None: a local file, hashed only when a size matches
+
+
+@dataclass
+class SyncResult:
+    copied: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    unchanged: int = 0
+    bytes: int = 0
+    failed: dict[str, str] = field(default_factory=dict)
+    dry_run: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"copied": self.copied, "deleted": self.deleted, "unchanged": self.unchanged,
+                "bytes": self.bytes, "failed": self.failed, "dry_run": self.dry_run}
+
+
+def _walk(root: Path) -> Iterator[tuple[str, Path]]:
+    """Every regular file under *root* as (relative key, path), unfinished writes left out."""
+    for top, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in sorted(files):
+            path = Path(top, name)
+            if _PART in name or not path.is_file():
+                continue
+            yield path.relative_to(root).as_posix(), path
+
+
+async def _listing(backends: Backends, ref: LocalRef | ObjectRef, *, must_exist: bool
+                   ) -> dict[str, _Entry]:
+    if isinstance(ref, LocalRef):
+        if not ref.path.is_dir():
+            if must_exist or ref.path.exists():
+                raise UsageError(f"{ref.path}: not a folder")
+            return {}
+
+        def scan() -> dict[str, _Entry]:
+            return {rel: _Entry(path.stat().st_size, None) for rel, path in _walk(ref.path)}
+        return await asyncio.to_thread(scan)
+    driver = await backends.get(ref.backend)
+    prefix = folder(ref.key)
+    return {info.path[len(prefix):]: _Entry(info.size, info.etag)
+            async for info in driver.list(prefix)}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _child(ref: LocalRef | ObjectRef, rel: str) -> LocalRef | ObjectRef:
+    if isinstance(ref, LocalRef):
+        return LocalRef(ref.path.joinpath(*rel.split("/")))
+    return ObjectRef(ref.backend, folder(ref.key) + rel)
+
+
+async def _etag(ref: LocalRef | ObjectRef, rel: str, entry: _Entry) -> str:
+    if entry.etag is not None:
+        return entry.etag
+    child = _child(ref, rel)
+    assert isinstance(child, LocalRef)
+    return await asyncio.to_thread(_sha256, child.path)
+
+
+async def _run_all(items: list[Any], concurrency: int, work: Callable[[Any], Any]) -> None:
+    """Run ``work(item)`` for every item, *concurrency* at a time; the first error raises.
+
+    Cancelled (Ctrl-C), it takes no further item and returns only once every running ``work``
+    has ended: an upload whose commit had begun finishes it (and consumes the cancellation,
+    see ``await_to_end``), so the drivers are closed only after every commit."""
+    pending = iter(items)
+    parent = asyncio.current_task()
+
+    async def worker() -> None:
+        for item in pending:
+            if parent is not None and parent.cancelling():
+                return
+            await work(item)
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            for _ in range(min(concurrency, len(items))):
+                group.create_task(worker())
+    except BaseExceptionGroup as errors:
+        raise errors.exceptions[0] from None
+
+
+async def sync(backends: Backends, src: LocalRef | ObjectRef, dst: LocalRef | ObjectRef,
+               meter: Meter, *, delete: bool = False, dry_run: bool = False,
+               concurrency: int = 4, report: Callable[[str, str], None] = lambda _a, _b: None,
+               ) -> SyncResult:
+    """Make *dst* hold what *src* holds: copy what is missing or differs by size or etag
+    (content type, metadata and cache control kept), and with *delete* remove what *src*
+    lacks. Each copy is complete or absent, so an interrupted sync can simply be run again."""
+    result = SyncResult(dry_run=dry_run)
+    source = await _listing(backends, src, must_exist=True)
+    target = await _listing(backends, dst, must_exist=False)
+
+    candidates = sorted(source)
+    to_copy: list[str] = []
+
+    async def compare(rel: str) -> None:
+        there = target.get(rel)
+        here = source[rel]
+        if there is not None and there.size == here.size and \
+                await _etag(src, rel, here) == await _etag(dst, rel, there):
+            result.unchanged += 1
+        else:
+            to_copy.append(rel)
+
+    await _run_all(candidates, concurrency, compare)
+    to_copy.sort()
+    to_delete = sorted(set(target) - set(source)) if delete else []
+
+    with meter.sync(len(to_copy), sum(source[rel].size for rel in to_copy)) as progress:
+        async def transfer(rel: str) -> None:
+            src_ref, dst_ref = _child(src, rel), _child(dst, rel)
+            seen = 0
+
+            def advance(size: int) -> None:
+                nonlocal seen
+                seen += size
+                progress.advance(size)
+
+            if not dry_run:
+                try:
+                    await copy(backends, src_ref, dst_ref, Forward(advance))
+                except Exception as exc:  # one failed object does not stop the others
+                    result.failed[rel] = _message(exc)
+                    report("failed", f"{src_ref} -> {dst_ref}: {result.failed[rel]}")
+                    return
+            result.copied.append(rel)
+            result.bytes += source[rel].size
+            progress.object_done(max(source[rel].size - seen, 0))
+            report("copy", f"{src_ref} -> {dst_ref}")
+
+        await _run_all(to_copy, concurrency, transfer)
+    result.copied.sort()
+
+    if to_delete and not result.failed:
+        if not dry_run:
+            await _delete_all(backends, dst, to_delete)
+        result.deleted = to_delete
+        for rel in to_delete:
+            report("delete", str(_child(dst, rel)))
+    return result
+
+
+async def _delete_all(backends: Backends, ref: LocalRef | ObjectRef, rels: list[str]) -> None:
+    if isinstance(ref, ObjectRef):
+        await (await backends.get(ref.backend)).delete_many([folder(ref.key) + r for r in rels])
+        return
+    for rel in rels:
+        child = _child(ref, rel)
+        assert isinstance(child, LocalRef)
+        await asyncio.to_thread(child.path.unlink)
+
+
+def _message(exc: BaseException) -> str:
+    message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    return " ".join(str(message).split())
