@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import re
 import signal
 import sqlite3
 import sys
@@ -514,8 +515,8 @@ async def test_sigkill_mid_write_leaves_the_old_or_the_new_value(tmp_path: Path)
         await asyncio.sleep(0.05 + 0.037 * round_)  # vary the moment of the kill
         child.send_signal(signal.SIGKILL)
         out, _ = await child.communicate()
-        acknowledged += [int(line.split()[1]) for line in out.splitlines()
-                         if line.startswith(b"ack ")]
+        # whole lines only: the kill may cut the last one short
+        acknowledged += [int(n) for n in re.findall(rb"^ack (\d+)\n", out, re.MULTILINE)]
         last = acknowledged[-1]
 
         with sqlite3.connect(base / DATABASE_NAME) as db:
