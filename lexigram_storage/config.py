@@ -125,8 +125,9 @@ class StorageS3Config(StorageNetworkConfig):
     encryption: EncryptionConfig | None = Field(None, description="Server-side encryption.")
     direct_requests: bool = Field(
         True, description="Single PutObject, GetObject, HeadObject and DeleteObject over the "
-        "driver's own aiohttp session, signed by the driver (3x less client CPU); false: every "
-        "request through aioboto3. Used with retry_mode standard and a known region or endpoint.")
+        "driver's own aiohttp session, signed by the driver (a third of botocore's client CPU); "
+        "false: every request through aioboto3. Used only with retry_mode standard, a region "
+        "or endpoint_url, and a plain bucket name.")
 
     @model_validator(mode="after")
     def _keys_in_pairs(self) -> StorageS3Config:

@@ -801,10 +801,12 @@ async def test_retries_and_error_mapping_are_the_same_on_both_paths(direct: bool
 
 @pytest.mark.parametrize("options", [
     {"retry_mode": "legacy"}, {"retry_mode": "adaptive"}, {"direct_requests": False},
-    {"endpoint_url": None, "region": None}])
+    {"endpoint_url": None, "region": None}, {"bucket": "data--usw2-az1--x-s3"},
+    {"bucket": "arn:aws:s3:eu-west-1:123456789012:accesspoint/ap"}])
 def test_direct_requests_only_where_they_match_botocore(options: dict[str, Any]) -> None:
-    """The direct path needs the standard retry mode (the one it reproduces) and a known region
-    or endpoint (botocore's per-request endpoint resolution would otherwise vary)."""
-    settings: dict[str, Any] = {"region": "eu-west-1", "endpoint_url": "http://127.0.0.1:9"}
-    assert S3Driver("b", **settings).direct_requests
-    assert not S3Driver("b", **{**settings, **options}).direct_requests
+    """The direct path needs the standard retry mode (the one it reproduces), a known region or
+    endpoint (botocore follows region redirects) and a plain bucket name."""
+    settings: dict[str, Any] = {"bucket": "b", "region": "eu-west-1",
+                                "endpoint_url": "http://127.0.0.1:9"}
+    assert S3Driver(**settings).direct_requests
+    assert not S3Driver(**{**settings, **options}).direct_requests

@@ -293,10 +293,13 @@ class S3Driver(BaseDriver):
         self._client: Any = None
         self._client_cm: Any = None
         self._client_lock: asyncio.Lock | None = None
-        # botocore's per-request endpoint resolution needs the region (or an endpoint) to be
-        # the same for every request, and its other retry modes are not reproduced
-        self.direct_requests = (settings.direct_requests and settings.retry_mode == "standard"
-                                and (self.region is not None or self.endpoint_url is not None))
+        # the direct path reproduces botocore's standard retry mode only, and resolves the
+        # bucket's URL once: not for a region left to the SDK (botocore follows a bucket's
+        # region redirects), access-point ARNs or S3 Express directory buckets (session auth)
+        self.direct_requests = (
+            settings.direct_requests and settings.retry_mode == "standard"
+            and (self.region is not None or self.endpoint_url is not None)
+            and not self._bucket.startswith("arn:") and not self._bucket.endswith("--x-s3"))
         self._direct: DirectS3 | None = None
 
     # ------------------------------------------------------------------ construction
