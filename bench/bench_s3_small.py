@@ -7,7 +7,8 @@ Starts its own SeaweedFS (``weed mini``, as tests/servers.py does) on free ports
 objects per workload: PutObject and GetObject one after the other, the same with 32 in flight,
 and HeadObject one after the other (``S3Driver.info``). In each round every side runs each
 workload once, the order rotating from round to round; the table shows the median wall time,
-ops/s and the client CPU per call (this process), and each side's time over obstore's.
+ops/s, the CPU per call of this process (the client) and of the server, and each side's
+time over obstore's (median, then every round's).
 
 ``--profile NAME`` instead runs that one workload under cProfile a few times and prints the
 functions with the most cumulative and own time.
@@ -34,12 +35,14 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("LEX_LOGGING__LEVEL", "CRITICAL")
 os.environ.setdefault("LEX_QUIET", "1")
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 
 import aioboto3
 import obstore
+from _common import cpu_seconds
 from botocore.handlers import add_expect_header
 from obstore.store import S3Store
 
@@ -114,16 +117,20 @@ class Sides:
                 return await obstore.head_async(store, key)
         return {"put": put, "get": get, "head": head}
 
-    async def run(self, side: str, workload: str, keys: list[str]) -> tuple[float, float]:
-        """Wall and client CPU seconds of one workload (GET and HEAD read what PUT wrote)."""
+    async def run(self, side: str, workload: str, keys: list[str]
+                  ) -> tuple[float, float, float]:
+        """Wall, client CPU and server CPU seconds of one workload (GET and HEAD read what PUT
+        wrote)."""
         calls = self.calls(side)
         verb, mode = workload.split(" ", 1)
         concurrency = CONCURRENCY if "concurrent" in mode else 1
         if verb != "PUT":  # the objects to read: written once, outside the timing
             await each(keys, self.calls("raw")["put"], CONCURRENCY)
-        t0, c0 = time.perf_counter(), time.process_time()
+        assert self.server.proc is not None
+        pid = self.server.proc.pid
+        s0, t0, c0 = cpu_seconds(pid), time.perf_counter(), time.process_time()
         await each(keys, calls[verb.lower()], concurrency)
-        return time.perf_counter() - t0, time.process_time() - c0
+        return (time.perf_counter() - t0, time.process_time() - c0, cpu_seconds(pid) - s0)
 
 
 async def with_sides(n: int, body: Callable[[Sides, Callable[[str], list[str]]],
@@ -165,7 +172,7 @@ async def with_sides(n: int, body: Callable[[Sides, Callable[[str], list[str]]],
 
 
 async def bench(n: int, rounds: int) -> None:
-    results: dict[str, dict[str, list[tuple[float, float]]]] = {
+    results: dict[str, dict[str, list[tuple[float, float, float]]]] = {
         w: {s: [] for s in SIDES} for w in WORKLOADS}
 
     async def body(sides: Sides, fresh_keys: Callable[[str], list[str]]) -> None:
@@ -179,19 +186,22 @@ async def bench(n: int, rounds: int) -> None:
 
     await with_sides(n, body)
     print(f"\n{n} x {SIZE // 1024} KiB objects on SeaweedFS ({os.cpu_count()} cores; median of "
-          f"{rounds} rounds; ratio = time / obstore's time; CPU = client CPU per call)\n")
+          f"{rounds} rounds; ratio = time / obstore's time, median [each round]; CPU per call "
+          f"of this process (client) and of the server)\n")
     print("| workload | ours | raw aioboto3 | obstore | ours/obstore | raw/obstore "
-          "| CPU/call ours / raw / obstore |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+          "| client CPU/call ours / raw / obstore | server CPU/call ours / raw / obstore |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for workload, by_side in results.items():
         wall = {s: statistics.median(t[0] for t in by_side[s]) for s in SIDES}
         cpu = {s: statistics.median(t[1] for t in by_side[s]) * 1000 / n for s in SIDES}
+        server = {s: statistics.median(t[2] for t in by_side[s]) * 1000 / n for s in SIDES}
         ratios = {s: [round(a[0] / b[0], 2) for a, b in zip(by_side[s], by_side["obstore"],
                                                              strict=True)] for s in SIDES}
         print(f"| {workload} | {n / wall['ours']:.0f} ops/s | {n / wall['raw']:.0f} ops/s "
               f"| {n / wall['obstore']:.0f} ops/s | {wall['ours'] / wall['obstore']:.2f}x "
               f"{ratios['ours']} | {wall['raw'] / wall['obstore']:.2f}x {ratios['raw']} "
-              f"| {cpu['ours']:.2f} / {cpu['raw']:.2f} / {cpu['obstore']:.2f} ms |")
+              f"| {cpu['ours']:.2f} / {cpu['raw']:.2f} / {cpu['obstore']:.2f} ms "
+              f"| {server['ours']:.2f} / {server['raw']:.2f} / {server['obstore']:.2f} ms |")
 
 
 async def profile(n: int, name: str) -> None:
