@@ -1,7 +1,11 @@
 """Amazon S3 and Cloudflare R2 drivers (aioboto3).
 
 One aioboto3 client per driver, opened at ``prepare()`` or on first use and closed by
-``close()``. Uploads stream: below ``multipart_threshold`` one ``PutObject``; above it a
+``close()``. A single PutObject, the GetObject of ``download()``, HeadObject and DeleteObject go
+over the driver's own aiohttp session instead, signed by the driver (``drivers/_s3_direct.py``:
+a third of botocore's client CPU per request), unless ``direct_requests=False``.
+
+Uploads stream: below ``multipart_threshold`` one ``PutObject``; above it a
 multipart upload that cuts incoming chunks into parts of at least 5 MiB (an OS file is read a
 part at a time in a worker thread), grows the part size to stay under 10,000 parts and keeps at
 most ``max_concurrency`` parts in flight, each copied once into the buffer that is sent. Any
@@ -230,8 +234,8 @@ class S3Driver(BaseDriver):
             ``when_required``; S3-compatible stores often need the latter).
         direct_requests: send single PutObject, GetObject, HeadObject and DeleteObject
             requests over the driver's own aiohttp session (``drivers/_s3_direct.py``) when
-            ``retry_mode`` is ``standard`` and the region or endpoint is known; ``False``: every
-            request through aioboto3.
+            ``retry_mode`` is ``standard``, the region or endpoint is known and the bucket is a
+            plain name; ``False``: every request through aioboto3.
     """
 
     driver: ClassVar[str] = "s3"
@@ -391,7 +395,8 @@ class S3Driver(BaseDriver):
 
     async def _direct_client(self, client: Any) -> DirectS3:
         """The direct path, with what botocore resolved for this bucket: its URL, signing
-        region and service (from a presigned URL: no request is sent) and its credentials."""
+        region and service (from a presigned URL: no request is sent) and its credentials
+        (the client's signer holds them; botocore has no public accessor)."""
         probe = await client.generate_presigned_url(
             "head_object", Params={"Bucket": self._bucket, "Key": _PROBE_KEY})
         return DirectS3(
