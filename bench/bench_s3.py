@@ -79,19 +79,22 @@ async def main(n: int, rounds: int, big_rounds: int, big_mib: int, big: Path) ->
     small = os.urandom(4096)
     results: Timings = {}
     rss: dict[str, dict[str, int]] = {}
+    #: one driver per bucket (a driver's bucket is fixed), ready before it is timed
+    drivers: dict[str, S3Driver] = {}
     try:
-        ours = S3Driver("placeholder", region=REGION, access_key=KEY, secret_key=SECRET,
-                        endpoint_url=endpoint, addressing_style="path",
-                        multipart_threshold=PART, multipart_chunk_size=PART,
-                        max_concurrency=CONCURRENCY, name="bench")
+        def driver(bucket: str) -> S3Driver:
+            return S3Driver(bucket, region=REGION, access_key=KEY, secret_key=SECRET,
+                            endpoint_url=endpoint, addressing_style="path",
+                            multipart_threshold=PART, multipart_chunk_size=PART,
+                            max_concurrency=CONCURRENCY, name="bench")
+
         # the raw client gets exactly the botocore config the driver builds for itself
-        cfg: Config = ours._boto_config()
+        cfg: Config = driver("placeholder")._boto_config()
         transfer = TransferConfig(multipart_threshold=PART, multipart_chunksize=PART,
                                   max_concurrency=CONCURRENCY)
         session = aioboto3.Session()
         async with session.client("s3", endpoint_url=endpoint, region_name=REGION, config=cfg,
-                                  aws_access_key_id=KEY, aws_secret_access_key=SECRET) as raw, \
-                ours:
+                                  aws_access_key_id=KEY, aws_secret_access_key=SECRET) as raw:
             # the driver drops botocore's "Expect: 100-continue" (a hung server would hang the
             # upload); the raw client does the same, so neither waits for a 100 Continue
             raw.meta.events.unregister("before-call.s3", add_expect_header)
@@ -99,12 +102,13 @@ async def main(n: int, rounds: int, big_rounds: int, big_mib: int, big: Path) ->
             async def fresh_bucket() -> str:
                 name = f"bench-{uuid.uuid4().hex[:16]}"
                 await raw.create_bucket(Bucket=name)
+                drivers[name] = driver(name)
+                await drivers[name].exists("warm-up")  # the client and a pooled connection
                 return name
 
             async def ours_put(bucket: str) -> None:
-                ours._bucket = bucket
                 for i in range(n):
-                    await ours.upload(f"small/{i:05d}.bin", small)
+                    await drivers[bucket].upload(f"small/{i:05d}.bin", small)
 
             async def raw_put(bucket: str) -> None:
                 for i in range(n):
@@ -112,9 +116,8 @@ async def main(n: int, rounds: int, big_rounds: int, big_mib: int, big: Path) ->
                                          ContentType="application/octet-stream")
 
             async def ours_get(bucket: str) -> None:
-                ours._bucket = bucket
                 for i in range(n):
-                    await ours.download(f"small/{i:05d}.bin")
+                    await drivers[bucket].download(f"small/{i:05d}.bin")
 
             async def raw_get(bucket: str) -> None:
                 for i in range(n):
@@ -123,9 +126,8 @@ async def main(n: int, rounds: int, big_rounds: int, big_mib: int, big: Path) ->
                         await body.read()
 
             async def ours_big(bucket: str) -> None:
-                ours._bucket = bucket
                 with big.open("rb") as f:
-                    await ours.upload("big.bin", f)
+                    await drivers[bucket].upload("big.bin", f)
 
             async def raw_big(bucket: str) -> None:
                 with big.open("rb") as f:
@@ -163,6 +165,8 @@ async def main(n: int, rounds: int, big_rounds: int, big_mib: int, big: Path) ->
                 rss[label] = peaks if measure_rss else {}
                 print(f"  done: {label}", file=sys.stderr)
     finally:
+        for each in drivers.values():
+            await each.close()
         proc.terminate()
         proc.wait(10)
 

@@ -124,6 +124,11 @@ class StorageS3Config(StorageNetworkConfig):
                                       description="Part size; grows to stay under 10,000 parts.")
     max_concurrency: int = Field(4, ge=1, le=64, description="Parts uploaded at once.")
     encryption: EncryptionConfig | None = Field(None, description="Server-side encryption.")
+    direct_requests: bool = Field(
+        True, description="Single PutObject, GetObject, HeadObject and DeleteObject over the "
+        "driver's own aiohttp session, signed by the driver (a third of botocore's client CPU); "
+        "false: every request through aioboto3. Used only with retry_mode standard, a region "
+        "or endpoint_url, and a plain bucket name.")
 
     @model_validator(mode="after")
     def _keys_in_pairs(self) -> StorageS3Config:

@@ -1,7 +1,9 @@
 """The conformance suite over the S3 driver and the R2 profile, on real S3 servers.
 
 SeaweedFS always (tests/servers.py starts it), Ceph RADOS Gateway when Ceph is installed (else
-those classes are skipped, naming the apt-get command). moto, a mock that checks no signature,
+those classes are skipped, naming the apt-get command). The S3 driver runs it on both of its
+request paths: direct requests for single objects (the default) and aioboto3 for every request
+(``direct_requests=False``). moto, a mock that checks no signature,
 expiry or checksum, is kept for fault injection (tests/test_s3.py), not for conformance.
 
 Each test gets a fresh bucket, removed afterwards. The drivers use the smallest multipart
@@ -66,6 +68,8 @@ class _OnServer(DriverConformance):
 
     driver_class: ClassVar[type[S3Driver]]
     server: ClassVar[str]
+    #: single-object requests over the driver's own session (else all through aioboto3)
+    direct_requests: ClassVar[bool] = True
     large_payload_size = 11 * MiB + 7
 
     @pytest_asyncio.fixture
@@ -81,8 +85,11 @@ class _OnServer(DriverConformance):
             unique_name, access_key=settings.access_key, secret_key=settings.secret_key,
             endpoint_url=settings.endpoint_url, addressing_style="path", connect_timeout=2,
             read_timeout=10, max_attempts=2, multipart_threshold=5 * MiB,
-            multipart_chunk_size=5 * MiB, name=f"{self.driver_class.driver}-conformance", **kwargs,
+            multipart_chunk_size=5 * MiB, name=f"{self.driver_class.driver}-conformance",
+            direct_requests=self.direct_requests, **kwargs,
         ) as driver:
+            await driver.prepare()
+            assert (driver._direct is not None) is self.direct_requests  # the path under test
             yield driver
         await remove_bucket(settings, unique_name)
 
@@ -98,6 +105,13 @@ class TestS3OnSeaweedFS(_OnServer):
     server_gaps = SEAWEEDFS_GAPS
 
 
+class TestS3Aioboto3OnSeaweedFS(_OnServer):
+    driver_class = S3Driver
+    server = "seaweedfs_server"
+    server_gaps = SEAWEEDFS_GAPS
+    direct_requests = False
+
+
 class TestR2OnSeaweedFS(_OnServer):
     driver_class = R2Driver
     server = "seaweedfs_server"
@@ -108,6 +122,13 @@ class TestS3OnCephRGW(_OnServer):
     driver_class = S3Driver
     server = "rgw_server"
     server_gaps = RGW_GAPS
+
+
+class TestS3Aioboto3OnCephRGW(_OnServer):
+    driver_class = S3Driver
+    server = "rgw_server"
+    server_gaps = RGW_GAPS
+    direct_requests = False
 
 
 class TestR2OnCephRGW(_OnServer):

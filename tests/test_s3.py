@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import inspect
 import io
@@ -16,6 +17,7 @@ from typing import Annotated, Any
 
 import httpx
 import pytest
+from aiohttp import web
 from lexigram.contracts.core.health import HealthStatus
 from lexigram.contracts.infra.storage import StorageUnsupportedOperationError
 from pydantic import ValidationError
@@ -29,6 +31,7 @@ from lexigram_storage.errors import (
     StorageBucketNotFoundError,
     StorageConfigurationError,
     StorageFileNotFoundError,
+    StoragePermissionError,
     StorageRequestRejectedError,
     StorageUnavailableError,
 )
@@ -510,23 +513,36 @@ async def test_file_digest_known_upfront_or_recorded_after(store: S3Driver, s3_c
     assert len(copies) == 2
 
 
-async def test_single_put_sends_the_sha256_checksum_header(store: S3Driver, s3_client: Any,
-                                                           s3_bucket: str) -> None:
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "aioboto3"])
+async def test_single_put_sends_the_sha256_checksum_header(
+        s3_server: S3Settings, s3_client: Any, s3_bucket: str, direct: bool,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """The digest goes out as x-amz-checksum-sha256 (base64 of the raw SHA-256), which the
-    server checks the body against, instead of botocore's default CRC32 and Content-MD5."""
+    server checks the body against, instead of botocore's default CRC32 and Content-MD5: on
+    the direct path (the headers it signs and sends) and through aioboto3 (botocore's hook)."""
     sent: list[dict[str, str]] = []
+    async with make_driver(s3_server, s3_bucket, direct_requests=direct) as store:
+        client = await store._get_client()
+        if direct:
+            assert store._direct is not None
+            signed = store._direct._signed
 
-    def capture(request: Any, **_: Any) -> None:
-        sent.append({k.lower(): v.decode() if isinstance(v, bytes) else str(v)
-                     for k, v in request.headers.items()})
+            async def recording(*args: Any) -> dict[str, str]:
+                headers = await signed(*args)
+                sent.append(headers)
+                return headers
 
-    client = await store._get_client()
-    client.meta.events.register("before-send.s3.PutObject", capture)
-    try:
+            monkeypatch.setattr(store._direct, "_signed", recording)
+        else:
+            assert store._direct is None
+
+            def capture(request: Any, **_: Any) -> None:
+                sent.append({k.lower(): v.decode() if isinstance(v, bytes) else str(v)
+                             for k, v in request.headers.items()})
+
+            client.meta.events.register("before-send.s3.PutObject", capture)
         raw = os.urandom(1000)
         info = await store.upload("ck/one.bin", raw)
-    finally:
-        client.meta.events.unregister("before-send.s3.PutObject", capture)
     assert info.etag == sha256(raw)
     assert len(sent) == 1
     assert sent[0]["x-amz-checksum-sha256"] == base64.b64encode(hashlib.sha256(raw).digest()).decode()
@@ -719,3 +735,78 @@ async def test_cancelled_multipart_uploads_leave_no_orphans(
                 assert not await driver.exists(f"orph/{i}.bin")
             assert await uploads_in_progress(s3_client, s3_bucket) == [], f"round {i}"
         assert "cancelled" in outcomes
+
+
+# ---------------------------------------------------------------- both request paths alike
+
+@contextlib.asynccontextmanager
+async def answering(*answers: tuple[int, str]) -> AsyncIterator[tuple[str, list[str]]]:
+    """A real HTTP server on 127.0.0.1 giving *answers* (status, S3 error code or "") in turn,
+    then 200: its endpoint and the requests it got ("METHOD /path")."""
+    seen: list[str] = []
+    queue = list(answers)
+
+    async def handle(request: web.Request) -> web.Response:
+        await request.read()
+        seen.append(f"{request.method} {request.path}")
+        status, code = queue.pop(0) if queue else (200, "")
+        body = (f"<Error><Code>{code}</Code><Message>told to</Message></Error>"
+                if code and request.method != "HEAD" else "")
+        return web.Response(status=status, body=body.encode(),
+                            headers={"ETag": '"e"', "Content-Type": "application/xml"})
+
+    runner = web.AppRunner(web.Application())
+    runner.app.router.add_route("*", "/{tail:.*}", handle)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        yield f"http://127.0.0.1:{port}", seen
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "aioboto3"])
+async def test_retries_and_error_mapping_are_the_same_on_both_paths(direct: bool) -> None:
+    """Both request paths retry the same answers (botocore's standard mode: 5xx, throttling)
+    up to max_attempts, never a 4xx, and map the final answer to the same error."""
+    def driver(endpoint: str, attempts: int) -> S3Driver:
+        return S3Driver("b", region="us-east-1", access_key="k", secret_key="s",
+                        endpoint_url=endpoint, addressing_style="path", max_attempts=attempts,
+                        connect_timeout=2, read_timeout=5, direct_requests=direct)
+
+    async with answering((503, "SlowDown"), (500, "InternalError")) as (endpoint, seen), \
+            driver(endpoint, 3) as store:
+        await store.upload("r/a.txt", b"x")
+        assert (store._direct is not None) is direct
+    assert seen == ["PUT /b/r/a.txt"] * 3
+    async with answering((503, "SlowDown"), (503, "SlowDown")) as (endpoint, seen), \
+            driver(endpoint, 2) as store:
+        with pytest.raises(StorageUnavailableError) as unavailable:
+            await store.download("r/a.txt")
+    assert seen == ["GET /b/r/a.txt"] * 2
+    assert unavailable.value.details["error_code"] == "SlowDown"
+    async with answering((400, "InvalidArgument"), (403, ""), (404, "")) as (endpoint, seen), \
+            driver(endpoint, 3) as store:
+        with pytest.raises(StorageRequestRejectedError) as rejected:
+            await store.upload("r/a.txt", b"x")
+        assert rejected.value.details["status"] == 400
+        assert rejected.value.details["error_code"] == "InvalidArgument"
+        with pytest.raises(StoragePermissionError):
+            await store.info("r/a.txt")
+        assert not await store.exists("r/a.txt")
+    assert seen == ["PUT /b/r/a.txt", "HEAD /b/r/a.txt", "HEAD /b/r/a.txt"]
+
+
+@pytest.mark.parametrize("options", [
+    {"retry_mode": "legacy"}, {"retry_mode": "adaptive"}, {"direct_requests": False},
+    {"endpoint_url": None, "region": None}, {"bucket": "data--usw2-az1--x-s3"},
+    {"bucket": "arn:aws:s3:eu-west-1:123456789012:accesspoint/ap"}])
+def test_direct_requests_only_where_they_match_botocore(options: dict[str, Any]) -> None:
+    """The direct path needs the standard retry mode (the one it reproduces), a known region or
+    endpoint (botocore follows region redirects) and a plain bucket name."""
+    settings: dict[str, Any] = {"bucket": "b", "region": "eu-west-1",
+                                "endpoint_url": "http://127.0.0.1:9"}
+    assert S3Driver(**settings).direct_requests
+    assert not S3Driver(**{**settings, **options}).direct_requests

@@ -1,7 +1,11 @@
 """Amazon S3 and Cloudflare R2 drivers (aioboto3).
 
 One aioboto3 client per driver, opened at ``prepare()`` or on first use and closed by
-``close()``. Uploads stream: below ``multipart_threshold`` one ``PutObject``; above it a
+``close()``. A single PutObject, the GetObject of ``download()``, HeadObject and DeleteObject go
+over the driver's own aiohttp session instead, signed by the driver (``drivers/_s3_direct.py``:
+a third of botocore's client CPU per request), unless ``direct_requests=False``.
+
+Uploads stream: below ``multipart_threshold`` one ``PutObject``; above it a
 multipart upload that cuts incoming chunks into parts of at least 5 MiB (an OS file is read a
 part at a time in a worker thread), grows the part size to stay under 10,000 parts and keeps at
 most ``max_concurrency`` parts in flight, each copied once into the buffer that is sent. Any
@@ -29,8 +33,9 @@ import io
 import math
 import zlib
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar, Self
 from urllib.parse import quote, urlsplit
 
@@ -73,6 +78,7 @@ try:
     from botocore.handlers import add_expect_header
 
     from lexigram_storage.drivers._http import aiobotocore_session_class
+    from lexigram_storage.drivers._s3_direct import DirectS3
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         'The s3/r2 drivers need aioboto3: pip install "lexigram_storage[s3]"', name=exc.name,
@@ -109,6 +115,8 @@ _PRESIGN_GET_OPTIONS = {
 _PRESIGN_PUT_OPTIONS = {"content_type": "ContentType"}
 _SSE_HEADERS = {"ServerSideEncryption": "x-amz-server-side-encryption",
                 "SSEKMSKeyId": "x-amz-server-side-encryption-aws-kms-key-id"}
+#: the key of the URL presigned once to learn the bucket's URL, signing region and service
+_PROBE_KEY = "lexigram-probe"
 
 
 def map_s3_error(exc: BaseException, backend: str, bucket: str, key: str | None, *,
@@ -224,6 +232,10 @@ class S3Driver(BaseDriver):
             ``encryption`` names KMS).
         checksum_mode: botocore's request/response checksum setting (``when_supported`` or
             ``when_required``; S3-compatible stores often need the latter).
+        direct_requests: send single PutObject, GetObject, HeadObject and DeleteObject
+            requests over the driver's own aiohttp session (``drivers/_s3_direct.py``) when
+            ``retry_mode`` is ``standard``, the region or endpoint is known and the bucket is a
+            plain name; ``False``: every request through aioboto3.
     """
 
     driver: ClassVar[str] = "s3"
@@ -255,6 +267,7 @@ class S3Driver(BaseDriver):
         session_token: str | SecretStr | None = None,
         enable_encryption: bool = False,
         checksum_mode: str | None = None,
+        direct_requests: bool = True,
         name: str | None = None,
         policy: UploadPolicy | None = None,
         events: StorageEvents | None = None,
@@ -284,6 +297,14 @@ class S3Driver(BaseDriver):
         self._client: Any = None
         self._client_cm: Any = None
         self._client_lock: asyncio.Lock | None = None
+        # the direct path reproduces botocore's standard retry mode only, and resolves the
+        # bucket's URL once: not for a region left to the SDK (botocore follows a bucket's
+        # region redirects), access-point ARNs or S3 Express directory buckets (session auth)
+        self.direct_requests = (
+            settings.direct_requests and settings.retry_mode == "standard"
+            and (self.region is not None or self.endpoint_url is not None)
+            and not self._bucket.startswith("arn:") and not self._bucket.endswith("--x-s3"))
+        self._direct: DirectS3 | None = None
 
     # ------------------------------------------------------------------ construction
 
@@ -362,15 +383,42 @@ class S3Driver(BaseDriver):
                 # botocore sends "Expect: 100-continue" on PutObject/UploadPart and aiohttp then
                 # waits for the 100 without any timeout: a hung server would hang uploads forever.
                 client.meta.events.unregister("before-call.s3", add_expect_header)
+                if self.direct_requests:
+                    try:
+                        self._direct = await self._direct_client(client)
+                    except BaseException:
+                        await cm.__aexit__(None, None, None)
+                        raise
                 self._client_cm = cm
                 self._client = client
             return self._client
+
+    async def _direct_client(self, client: Any) -> DirectS3:
+        """The direct path, with what botocore resolved for this bucket: its URL, signing
+        region and service (from a presigned URL: no request is sent) and its credentials
+        (the client's signer holds them; botocore has no public accessor)."""
+        probe = await client.generate_presigned_url(
+            "head_object", Params={"Bucket": self._bucket, "Key": _PROBE_KEY})
+        return DirectS3(
+            probe, _PROBE_KEY, client._request_signer._credentials,
+            connect_timeout=self.connect_timeout, read_timeout=self.read_timeout,
+            max_attempts=self.max_attempts, pool_size=max(16, self.max_concurrency * 4),
+            validate_checksums=self.checksum_mode == "when_supported")
+
+    async def _get_direct(self) -> DirectS3 | None:
+        """The direct path (``None`` when every request goes through aioboto3)."""
+        if self._client is None:
+            await self._get_client()
+        return self._direct
 
     async def prepare(self) -> None:
         await self._get_client()
 
     async def _close(self) -> None:
         cm, self._client_cm, self._client = self._client_cm, None, None
+        direct, self._direct = self._direct, None
+        if direct is not None:
+            await direct.close()
         if cm is not None:
             await cm.__aexit__(None, None, None)
 
@@ -441,8 +489,13 @@ class S3Driver(BaseDriver):
         try:
             # the commit: once the request is sent the server may store the object, so the
             # call waits for the answer even if cancelled (the cancellation guarantee)
-            response: dict[str, Any] = await await_to_end(
-                client.put_object(Bucket=self._bucket, Key=key, Body=body, **params))
+            if self._direct is not None:
+                answer = await await_to_end(
+                    self._direct.put_object(key, body, _put_headers(params), digest))
+                response: dict[str, Any] = {"ETag": answer.headers.get("ETag")}
+            else:
+                response = await await_to_end(
+                    client.put_object(Bucket=self._bucket, Key=key, Body=body, **params))
         except boto_exc.ClientError as exc:
             if payload.request.create_only and _is_precondition_failure(exc):
                 raise create_only_conflict(self.name, key) from exc
@@ -536,6 +589,9 @@ class S3Driver(BaseDriver):
                     yield chunk
 
     async def _read_all(self, key: str) -> bytes:
+        direct = await self._get_direct()
+        if direct is not None:
+            return (await direct.get_object(key)).body
         client = await self._get_client()
         response = await client.get_object(Bucket=self._bucket, Key=key)
         async with response["Body"] as body:
@@ -543,9 +599,13 @@ class S3Driver(BaseDriver):
         return data
 
     async def _head(self, key: str) -> ObjectInfo | None:
-        client = await self._get_client()
+        direct = await self._get_direct()
         try:
-            head = await client.head_object(Bucket=self._bucket, Key=key)
+            if direct is not None:
+                head = _head_fields((await direct.head_object(key)).headers)
+            else:
+                client = await self._get_client()
+                head = await client.head_object(Bucket=self._bucket, Key=key)
         except boto_exc.ClientError as exc:
             if _code(exc) in _NOT_FOUND or _status(exc) == 404:
                 return None
@@ -557,8 +617,11 @@ class S3Driver(BaseDriver):
     async def _delete(self, key: str) -> bool:
         if await self._head(key) is None:
             return False
-        client = await self._get_client()
-        await client.delete_object(Bucket=self._bucket, Key=key)
+        if self._direct is not None:
+            await self._direct.delete_object(key)
+        else:
+            client = await self._get_client()
+            await client.delete_object(Bucket=self._bucket, Key=key)
         return True
 
     async def _delete_many(self, keys: Sequence[str]) -> tuple[list[str], dict[str, str]]:
@@ -794,6 +857,37 @@ class _Multipart:
 
 def _is_precondition_failure(exc: boto_exc.ClientError) -> bool:
     return _code(exc) in ("PreconditionFailed", "412") or _status(exc) == 412
+
+
+def _put_headers(params: dict[str, Any]) -> dict[str, str]:
+    """The headers botocore sends for these PutObject parameters (``_put_single``'s)."""
+    headers = {"content-type": params["ContentType"],
+               "x-amz-checksum-sha256": params["ChecksumSHA256"]}
+    headers.update({f"x-amz-meta-{name.lower()}": value
+                    for name, value in params["Metadata"].items()})
+    if "CacheControl" in params:
+        headers["cache-control"] = params["CacheControl"]
+    if "IfNoneMatch" in params:
+        headers["if-none-match"] = params["IfNoneMatch"]
+    for name, header in _SSE_HEADERS.items():
+        if name in params:
+            headers[header] = params[name]
+    return headers
+
+
+def _head_fields(headers: Mapping[str, str]) -> dict[str, Any]:
+    """The HeadObject fields ``_info_from_head`` reads, from the answer's headers (as botocore
+    parses them)."""
+    modified = headers.get("Last-Modified")
+    return {
+        "Metadata": {name[len("x-amz-meta-"):]: value for name, value in headers.items()
+                     if name.lower().startswith("x-amz-meta-")},
+        "ContentLength": int(headers.get("Content-Length") or 0),
+        "ContentType": headers.get("Content-Type"),
+        "LastModified": parsedate_to_datetime(modified) if modified else None,
+        "ETag": headers.get("ETag"),
+        "CacheControl": headers.get("Cache-Control"),
+    }
 
 
 def _user_metadata(metadata: dict[str, str]) -> dict[str, str]:
