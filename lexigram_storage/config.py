@@ -157,6 +157,9 @@ class StorageGCSConfig(StorageNetworkConfig):
         None, description="API endpoint of an emulator (fake-gcs-server); without credentials_path "
         "its requests carry no credentials. Default: Google.")
     public_url: str | None = Field(None, description="Custom domain / CDN used by get_url.")
+    iam_endpoint_url: str | None = Field(
+        None, description="IAM Credentials API endpoint that signs URLs (signBlob) for credentials "
+        "without a private key. Default: Google.")
     resumable_threshold: int = Field(8 * MiB, ge=1,
                                      description="Uploads at least this big use a resumable upload (bytes).")
     chunk_size: int = Field(8 * MiB, ge=256 * KiB, le=1024 * MiB, multiple_of=256 * KiB,

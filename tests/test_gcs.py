@@ -227,23 +227,121 @@ async def test_a_cancelled_upload_deletes_the_session(watched: GCSDriver,
     assert await watched.download("a/key.bin") == b"old object"
 
 
-async def test_a_failed_chunk_is_not_resent_and_aborts(watched: GCSDriver,
-                                                       gcs_proxy: FaultProxy) -> None:
-    """fake-gcs-server appends a resent chunk instead of placing it at its offset, and real
-    GCS may have kept part of it: a failed chunk ends the upload (nothing stored)."""
-    await watched.upload("a/key.bin", b"old object")
+def md5_b64(data: bytes) -> str:
+    return base64.b64encode(hashlib.md5(data).digest()).decode()
+
+
+def finalizes(seen: Seen) -> bool:
+    return is_chunk(seen) and not seen.headers["content-range"].endswith("/*")
+
+
+GCS_MD5_MISMATCH = {"error": {"code": 400, "message": (
+    'Provided MD5 hash "n8mVlrc0lmnHu7J8Ye81iA==" doesn\'t match calculated MD5 hash '
+    '"1B2M2Y8AsgTpgAmY7PhCfg==".'), "errors": [{"domain": "global", "reason": "invalid",
+    "message": 'Provided MD5 hash "n8mVlrc0lmnHu7J8Ye81iA==" doesn\'t match calculated MD5 '
+               'hash "1B2M2Y8AsgTpgAmY7PhCfg==".'}]}}
+
+
+async def test_a_chunk_answered_503_is_resent_after_a_status_query(
+        watched: GCSDriver, gcs_proxy: FaultProxy) -> None:
+    raw = os.urandom(3 * CHUNK + 10)
     gcs_proxy.answer(lambda s: is_chunk(s) and s.headers["content-range"].startswith(
         f"bytes {CHUNK}-"), 503, {"error": {"code": 503, "message": "backend error"}})
+    info = await watched.upload("a/resent.bin", chunked(raw, 64 * KiB))
+    assert chunk_puts(gcs_proxy) == [
+        f"bytes 0-{CHUNK - 1}/*", f"bytes {CHUNK}-{2 * CHUNK - 1}/*",  # the 503
+        "bytes */*",  # the status query: the session holds the first chunk
+        f"bytes {CHUNK}-{2 * CHUNK - 1}/*", f"bytes {2 * CHUNK}-{3 * CHUNK - 1}/*",
+        f"bytes {3 * CHUNK}-{len(raw) - 1}/{len(raw)}"]
+    assert info.etag == sha256(raw)
+    assert sha256(await watched.download("a/resent.bin")) == sha256(raw)
+
+
+async def test_a_chunk_cut_mid_body_resends_only_what_the_server_lacks(
+        watched: GCSDriver, gcs_proxy: FaultProxy) -> None:
+    """The connection drops after the server persisted half of a 512 KiB chunk, then again
+    during the finalize: each time the status query says where the session ends, and only
+    the rest is sent (from the chunk still in memory)."""
+    raw = os.urandom(5 * CHUNK + 123)
+    async with make_driver(gcs_proxy.endpoint, watched.bucket, None, chunk_size=2 * CHUNK,
+                           resumable_threshold=2 * CHUNK) as driver:
+        gcs_proxy.cut(lambda s: is_chunk(s) and s.headers["content-range"].startswith(
+            f"bytes {2 * CHUNK}-"), keep=CHUNK)
+        gcs_proxy.cut(finalizes, keep=0)
+        info = await driver.upload("a/cut.bin", chunked(raw, 100 * KiB), "text/x-cut")
+    size = len(raw)
+    assert chunk_puts(gcs_proxy) == [
+        f"bytes 0-{2 * CHUNK - 1}/*",
+        f"bytes {2 * CHUNK}-{4 * CHUNK - 1}/*", "bytes */*",  # cut after 256 KiB
+        f"bytes {3 * CHUNK}-{4 * CHUNK - 1}/*",  # only the second half again
+        f"bytes {4 * CHUNK}-{size - 1}/{size}", f"bytes */{size}",  # cut before any byte
+        f"bytes {4 * CHUNK}-{size - 1}/{size}"]
+    assert info.size == size
+    assert sha256(await watched.download("a/cut.bin")) == sha256(raw) == info.etag
+    assert (await watched.info("a/cut.bin")).content_type == "text/x-cut"
+
+
+async def test_a_chunk_that_keeps_failing_ends_the_upload_after_max_attempts(
+        watched: GCSDriver, gcs_proxy: FaultProxy) -> None:
+    await watched.upload("a/key.bin", b"old object")
+    gcs_proxy.answer(lambda s: is_chunk(s) and s.headers["content-range"].startswith(
+        f"bytes {CHUNK}-"), 503, {"error": {"code": 503, "message": "backend error"}}, times=9)
     with pytest.raises(StorageUnavailableError) as exc:
         await watched.upload("a/key.bin", os.urandom(3 * CHUNK))
     assert exc.value.details["status"] == 503
-    assert chunk_puts(gcs_proxy) == [f"bytes 0-{CHUNK - 1}/*", f"bytes {CHUNK}-{2 * CHUNK - 1}/*"]
+    sends = [r for r in chunk_puts(gcs_proxy) if r.startswith(f"bytes {CHUNK}-")]
+    assert len(sends) == watched.max_attempts
+    assert chunk_puts(gcs_proxy).count("bytes */*") == watched.max_attempts - 1
     assert [s for s in gcs_proxy.requests("DELETE") if "upload_id" in s.query]
     assert await watched.download("a/key.bin") == b"old object"
 
 
+async def test_the_finalize_carries_the_md5_of_the_whole_content(
+        watched: GCSDriver, gcs_proxy: FaultProxy) -> None:
+    for raw in (os.urandom(2 * CHUNK + 77), os.urandom(2 * CHUNK)):  # short last chunk, aligned
+        gcs_proxy.seen.clear()
+        await watched.upload("h/hashed.bin", chunked(raw, 50 * KiB))
+        [final] = [s for s in gcs_proxy.seen if finalizes(s)]
+        assert final.headers["x-goog-hash"] == f"md5={md5_b64(raw)}"
+        assert all("x-goog-hash" not in s.headers for s in gcs_proxy.seen if s is not final)
+
+
+async def test_a_finalize_rejected_for_its_md5_keeps_the_previous_object(
+        watched: GCSDriver, gcs_proxy: FaultProxy) -> None:
+    """GCS compares the X-Goog-Hash of the finalize with what it received and refuses to
+    store the object (400 invalid); the proxy answers as GCS does."""
+    await watched.upload("h/key.bin", b"previous version")
+    gcs_proxy.answer(finalizes, 400, GCS_MD5_MISMATCH)
+    raw = os.urandom(2 * CHUNK + 5)
+    with pytest.raises(ChecksumMismatchError) as exc:
+        await watched.upload("h/key.bin", raw)
+    assert (exc.value.backend, exc.value.key) == ("gcs-test", "h/key.bin")
+    assert exc.value.details["algorithm"] == "md5"
+    assert exc.value.details["status"] == 400
+    assert "doesn't match calculated MD5" in str(exc.value)
+    [final] = [s for s in gcs_proxy.seen if finalizes(s)]
+    assert final.headers["x-goog-hash"] == f"md5={md5_b64(raw)}"
+    assert [s for s in gcs_proxy.requests("DELETE") if "upload_id" in s.query]
+    assert not [s for s in gcs_proxy.requests("DELETE") if "upload_id" not in s.query]
+    assert await watched.download("h/key.bin") == b"previous version"
+
+
+async def test_a_single_upload_rejected_for_its_md5_is_a_checksum_mismatch(
+        watched: GCSDriver, gcs_proxy: FaultProxy) -> None:
+    await watched.upload("h/small.txt", b"previous")
+    gcs_proxy.answer(lambda s: s.method == "POST" and "/upload/" in s.path, 400,
+                     GCS_MD5_MISMATCH)
+    with pytest.raises(ChecksumMismatchError) as exc:
+        await watched.upload("h/small.txt", b"new bytes")
+    assert exc.value.key == "h/small.txt"
+    assert len(gcs_proxy.requests("POST", "/upload/")) == 2  # a 400 is not retried
+    assert await watched.download("h/small.txt") == b"previous"
+
+
 async def test_a_corrupted_chunk_is_detected_by_the_servers_md5(
         watched: GCSDriver, gcs_proxy: FaultProxy) -> None:
+    """The second line, for a server that ignores X-Goog-Hash (fake-gcs-server 1.54 stores
+    the corrupted bytes): the MD5 it reports for them differs, and the object is removed."""
     gcs_proxy.corrupt(is_chunk)
     with pytest.raises(ChecksumMismatchError, match="md5") as exc:
         await watched.upload("a/corrupt.bin", os.urandom(2 * CHUNK + 1))

@@ -17,16 +17,23 @@ before it, and a failure or cancellation before it deletes the session. ``if_non
 ``FileInfo.etag`` is the hex SHA-256 of the content on every driver: it is stored in the object
 metadata entry ``lexigram-sha256`` (hidden from the user metadata), sent with the object when
 known upfront (bytes, seekable files) and otherwise added by a metadata patch guarded by the
-object's generation. The MD5 of the bytes sent is given to the server (``md5Hash``, which GCS
-verifies on single requests) and compared with the ``md5Hash`` the server reports for what it
-stored; a mismatch raises ``ChecksumMismatchError`` and removes that object.
+object's generation. The MD5 of the bytes sent is given to the server, which verifies it before
+it stores anything: ``md5Hash`` in the resource of a single request, ``X-Goog-Hash: md5=...`` on
+the request that finalizes a resumable upload. GCS answers a mismatch with 400 (``invalid``,
+"Provided MD5 hash ... doesn't match calculated MD5 hash ..."), the object is not replaced, and
+the upload raises ``ChecksumMismatchError``. For servers that ignore the hash (fake-gcs-server
+1.54), the ``md5Hash`` the server reports for what it stored is compared too: a mismatch there
+raises ``ChecksumMismatchError`` and removes that object.
 
 Requests that may be repeated (reads, listings, deletes, metadata patches, copies, the start of
 an upload session, single uploads without ``if_none_match``) are retried on connection failures,
 timeouts and 408/429/5xx answers, ``max_attempts`` attempts in all, waiting
 :func:`~lexigram_storage.drivers._http.retry_delay` between them (as every driver does); a
-request that never reached the server is always retried. Chunks of an upload session are not: a
-failed chunk aborts the upload.
+request that never reached the server is always retried. A chunk of an upload session that
+fails so is recovered as GCS documents it: after the same wait, a status query (an empty PUT with
+``Content-Range: bytes */<total or *>``) answers how many bytes the session holds (308 with a
+``Range`` header), and only the rest of the chunk, still in memory, is sent again; at most
+``max_attempts`` failed requests per chunk.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ import base64
 import hashlib
 import json
 import random
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -67,7 +75,7 @@ try:
     import aiohttp
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import padding, rsa
-    from gcloud.aio.auth import IamClient, Token
+    from gcloud.aio.auth import Token
     from gcloud.aio.auth.token import Type as TokenType
     from multidict import CIMultiDictProxy
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
@@ -88,12 +96,16 @@ MAX_OBJECT_SIZE = 5 * 1024 * GiB
 #: the metadata entry holding the hex SHA-256 of the content (the same name as on S3)
 DIGEST_METADATA_KEY = "lexigram-sha256"
 GOOGLE_API = "https://storage.googleapis.com"
+#: the IAM Credentials API (``signBlob``)
+IAM_API = "https://iamcredentials.googleapis.com"
 SIGNING_HOST = "storage.googleapis.com"
 #: one scope for the JSON API and for IAM signBlob
 SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
 _GCE_EMAIL_URL = ("http://metadata.google.internal/computeMetadata/v1/instance/"
                   "service-accounts/default/email")
 _RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+# GCS's 400 for an upload whose MD5 or CRC32C differs from the one sent with it
+_HASH_REJECTED = re.compile(r"doesn't match calculated (MD5|CRC32C)", re.IGNORECASE)
 _MEDIA = {"alt": "media"}
 _SLICE = 256 * KiB
 _JSON = "application/json; charset=UTF-8"
@@ -135,6 +147,8 @@ def map_gcs_error(exc: BaseException, backend: str, bucket: str, key: str | None
     404 to an object request                      ``StorageFileNotFoundError``
     401, 403; no access token obtainable          ``StoragePermissionError``
     412 (``conditionNotMet``)                     ``PreconditionFailedError``
+    400 "Provided MD5 hash / CRC32C ... doesn't   ``ChecksumMismatchError``
+    match calculated ..." (nothing stored)
     408, 429, 5xx; connection refused/reset/      ``StorageUnavailableError``
     closed, connect and read timeouts
     any other 4xx; a 404 for an upload session    ``StorageRequestRejectedError``
@@ -163,6 +177,12 @@ def map_gcs_error(exc: BaseException, backend: str, bucket: str, key: str | None
         if status == 412:
             return PreconditionFailedError(text, backend=backend, key=key, details=details,
                                            cause=exc)
+        mismatch = _HASH_REJECTED.search(exc.message) if status == 400 else None
+        if mismatch is not None:
+            return ChecksumMismatchError(
+                f"the server received other bytes than were sent and stored nothing ({text})",
+                backend=backend, key=key, cause=exc,
+                details={**details, "algorithm": mismatch.group(1).lower()})
         if status in _RETRY_STATUSES or status >= 500:
             return StorageUnavailableError(text, backend=backend, key=key, details=details,
                                            cause=exc)
@@ -208,6 +228,8 @@ class GCSDriver(BaseDriver):
             Credentials (or, with ``endpoint_url``, no credentials).
         endpoint_url: the API endpoint of an emulator (``http://127.0.0.1:4443``).
         public_url: custom domain / CDN used by ``get_url``.
+        iam_endpoint_url: the IAM Credentials API that signs URLs (``signBlob``) for credentials
+            without a private key (default: Google's).
         resumable_threshold: uploads of at least this many bytes use a resumable upload.
         chunk_size: the resumable chunk size, a multiple of 256 KiB.
         max_concurrency: deletes in flight at once in ``delete_many`` and ``clear``.
@@ -228,6 +250,7 @@ class GCSDriver(BaseDriver):
         *,
         endpoint_url: str | None = None,
         public_url: str | None = None,
+        iam_endpoint_url: str | None = None,
         resumable_threshold: int = 8 * MiB,
         chunk_size: int = 8 * MiB,
         max_concurrency: int = 8,
@@ -248,6 +271,7 @@ class GCSDriver(BaseDriver):
         self.credentials_path = settings.credentials_path
         self.endpoint_url = settings.endpoint_url.rstrip("/") if settings.endpoint_url else None
         self.public_url = settings.public_url.rstrip("/") if settings.public_url else None
+        self.iam_endpoint_url = (settings.iam_endpoint_url or IAM_API).rstrip("/")
         self.resumable_threshold = settings.resumable_threshold
         self.chunk_size = settings.chunk_size
         self.max_concurrency = settings.max_concurrency
@@ -275,9 +299,16 @@ class GCSDriver(BaseDriver):
 
     def _new_session(self) -> aiohttp.ClientSession:
         """The driver's HTTP session (every request goes through it), with the shared timeouts:
-        ``connect_timeout`` to connect, ``read_timeout`` between answer bytes."""
-        return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(
+        ``connect_timeout`` to connect, ``read_timeout`` between answer bytes.
+
+        aiohttp silently sends a PUT, GET or DELETE again, once, when its connection drops;
+        that is turned off (aiohttp has no public switch): the driver decides what is sent
+        again, and a chunk cut mid-body must be resent from where the session ends, not
+        from its start."""
+        session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(
             total=None, sock_connect=self.connect_timeout, sock_read=self.read_timeout))
+        session._retry_connection = False
+        return session
 
     def _client(self) -> aiohttp.ClientSession:
         session = self._session
@@ -408,15 +439,20 @@ class GCSDriver(BaseDriver):
             metadata=dict(request.metadata), cache_control=request.cache_control,
         )
 
-    async def _verify_stored(self, key: str, resource: dict[str, Any], md5: str) -> None:
-        """Compare the MD5 the server reports for the stored object with that of the bytes
-        sent; on a mismatch remove that object (guarded by its generation) and raise."""
-        stored = resource.get("md5Hash")
-        if not stored or stored == md5:
-            return
+    async def _remove_stored(self, key: str, resource: dict[str, Any]) -> None:
+        """Delete the object an upload just stored (only that generation of it)."""
         await self._call("DELETE", self._object_url(key),
                          params={"ifGenerationMatch": str(resource.get("generation"))},
                          idempotent=True, accept=(404, 412))
+
+    async def _verify_stored(self, key: str, resource: dict[str, Any], md5: str) -> None:
+        """Compare the MD5 the server reports for the stored object with that of the bytes
+        sent (the second line, for servers that ignore the hash sent with the upload); on a
+        mismatch remove that object (guarded by its generation) and raise."""
+        stored = resource.get("md5Hash")
+        if not stored or stored == md5:
+            return
+        await self._remove_stored(key, resource)
         raise ChecksumMismatchError(
             f"the server stored different bytes (md5 {_hex(stored)}) than were sent "
             f"(md5 {_hex(md5)}); the object was removed", backend=self.name, key=key,
@@ -627,8 +663,9 @@ class GCSDriver(BaseDriver):
                 f"&X-Goog-Signature={signature}")
 
     async def _signer(self) -> tuple[str, Callable[[bytes], Awaitable[bytes]]]:
-        """The service account that signs URLs and how: locally with its key, or by IAM."""
-        session = self._client()
+        """The service account that signs URLs and how: locally with its key, or by the IAM
+        Credentials API (``signBlob``, at ``iam_endpoint_url``) as the service account the
+        credentials act as (impersonated, or the machine's)."""
         token = self._credentials()
         if token is None:
             raise unsupported(self.name, "get_presigned_url (no credentials to sign with)",
@@ -647,13 +684,33 @@ class GCSDriver(BaseDriver):
                 self.name, f"get_presigned_url ({token.token_type.value} credentials hold no "
                 "service-account key and cannot sign through IAM)",
                 hint="Use a service-account key (credentials_path) or run as a service account.")
-        iam = IamClient(token=token, session=session)  # type: ignore[arg-type]
-        email = iam.service_account_email or await self._metadata_email()
+        email = (str(data.get("client_email") or "") or _impersonated_email(token.impersonation_uri)
+                 or await self._metadata_email())
+        url = (f"{self.iam_endpoint_url}/v1/projects/-/serviceAccounts/"
+               f"{quote(email, safe='@')}:signBlob")
 
         async def sign_by_iam(blob: bytes) -> bytes:
-            signed = await iam.sign_blob(blob, service_account_email=email,
-                                         session=session)  # type: ignore[arg-type]
-            return base64.b64decode(signed["signedBlob"])
+            try:
+                reply = await self._call(
+                    "POST", url, data=json.dumps({"payload": _b64(blob)}).encode(),
+                    headers={"Content-Type": _JSON}, idempotent=True)
+                return base64.b64decode(reply.data["signedBlob"], validate=True)
+            except GCSResponseError as exc:
+                why = f"IAM signBlob for {email} answered {exc.status}: {exc.message}"
+                if exc.status in (401, 403):
+                    raise StoragePermissionError(
+                        f"cannot sign the URL: {why}", backend=self.name,
+                        details={"status": exc.status, "error_code": exc.reason_code or None},
+                        cause=exc,
+                        hint=f"Grant roles/iam.serviceAccountTokenCreator on {email} to the "
+                             "credentials, or use a service-account key (credentials_path)."
+                    ) from exc
+                if exc.status in _RETRY_STATUSES:
+                    raise
+                raise unsupported(self.name, f"get_presigned_url ({why})") from exc
+            except (KeyError, ValueError, TypeError) as exc:
+                raise unsupported(self.name, "get_presigned_url (IAM signBlob answered "
+                                  f"without a signature: {exc!r})") from exc
 
         return email, sign_by_iam
 
@@ -691,7 +748,8 @@ class _Resumable:
     256 KiB; the engine's parts are aligned, so only the last can be short: it is held back and
     sent by ``complete`` with the total size (else ``complete`` sends an empty finalize). A
     chunk is sent as the engine's pieces, in slices, with its Content-Length (never joined
-    into one buffer). The running MD5 of the bytes is compared with the server's at the end."""
+    into one buffer). The running MD5 of the bytes goes with the finalize (``X-Goog-Hash``),
+    and is compared with the MD5 the server reports for the stored object."""
 
     def __init__(self, driver: GCSDriver, key: str, payload: Payload) -> None:
         self.driver = driver
@@ -751,28 +809,59 @@ class _Resumable:
 
     async def _send(self, pieces: list[bytes | memoryview], total: int | None) -> _Reply:
         """PUT the bytes of *pieces* at the session's offset (``total``: the object's size,
-        which makes it the final request). Resends what the server did not persist (it may
-        keep less than a chunk), never what it did."""
+        which makes it the request that finalizes the upload; it carries the MD5 of the whole
+        content, which GCS checks before it stores anything). The server may persist less than
+        it was sent: the rest is sent again, never what it holds. A request that fails with a
+        retryable error is followed, after :func:`retry_delay`, by a status query; at most
+        ``max_attempts`` requests fail."""
         assert self.url is not None
         start = self.offset  # where the pieces begin
         end = start + sum(len(piece) for piece in pieces)
         size = "*" if total is None else str(total)
+        hashes = {} if total is None else {"X-Goog-Hash": f"md5={_b64(self.md5.digest())}"}
+        failures = 0
+        query = False  # ask how many bytes the session holds instead of sending
         while True:
             first = self.offset
-            headers = {"Content-Type": self.payload.request.content_type,
-                       "Content-Length": str(end - first),
-                       "Content-Range": f"bytes {first}-{end - 1}/{size}" if end > first
-                       else f"bytes */{size}"}
-            reply = await self.driver._call(
-                "PUT", self.url, data=lambda skip=first - start: _after(pieces, skip),
-                headers=headers, idempotent=False)
+            if query or first == end:
+                # the status query; with the total, it finalizes a session holding every byte
+                headers = {"Content-Type": self.payload.request.content_type,
+                           "Content-Range": f"bytes */{size}", **hashes}
+                data: Any = b""
+            else:
+                headers = {"Content-Type": self.payload.request.content_type,
+                           "Content-Length": str(end - first),
+                           "Content-Range": f"bytes {first}-{end - 1}/{size}", **hashes}
+                data = lambda skip=first - start: _after(pieces, skip)  # noqa: E731
+            try:
+                reply = await self.driver._call("PUT", self.url, data=data, headers=headers,
+                                                idempotent=False)
+            except Exception as exc:
+                failures += 1
+                if failures >= self.driver.max_attempts or not _retryable(exc, True):
+                    raise
+                await asyncio.sleep(retry_delay(failures))
+                query = True
+                continue
             if reply.status != 308:
+                if total is None:  # a session finalized before its end (never on GCS)
+                    await self.driver._remove_stored(self.key, reply.data)
+                    raise StorageUnavailableError(
+                        f"the server finalized the upload after {first} bytes, before its end",
+                        backend=self.driver.name, key=self.key)
                 return reply  # 200/201: the upload is finalized
             persisted = _persisted(reply.headers.get("Range"))
-            if not first < persisted <= end:
+            if not start <= persisted <= end:
                 raise StorageUnavailableError(
-                    f"the upload session holds {persisted} bytes after a chunk ending at {end}",
-                    backend=self.driver.name, key=self.key)
+                    f"the upload session holds {persisted} bytes; this chunk spans "
+                    f"{start}-{end}", backend=self.driver.name, key=self.key)
+            if not query and persisted == first:  # a chunk taken without progress
+                failures += 1
+                if failures >= self.driver.max_attempts:
+                    raise StorageUnavailableError(
+                        f"the server took none of the bytes from {first} on",
+                        backend=self.driver.name, key=self.key)
+            query = False
             self.offset = persisted
             if persisted == end and total is None:
                 return reply
@@ -802,6 +891,13 @@ def _error_text(body: bytes, reason: str) -> tuple[str, str]:
     except (ValueError, KeyError, TypeError, AttributeError):
         text = body.decode(errors="replace").strip()
         return "", text[:500] or reason
+
+
+def _impersonated_email(uri: str | None) -> str | None:
+    """The service account of an impersonation URL (``.../serviceAccounts/<email>:...``)."""
+    if not uri or "/serviceAccounts/" not in uri:
+        return None
+    return uri.rsplit("/serviceAccounts/", 1)[1].split(":", 1)[0].split("?", 1)[0] or None
 
 
 def _persisted(header: str | None) -> int:
