@@ -21,6 +21,7 @@ where the session ends.
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import threading
@@ -36,6 +37,8 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from tests.emulators import HOST, Emulator, free_port
 
@@ -71,18 +74,48 @@ class FakeGcs(Emulator):
 
 #: the access token the local token endpoint grants
 ACCESS_TOKEN = "local-test-token"
+#: the token its impersonation endpoint grants (the service account's own)
+IMPERSONATED_TOKEN = "local-impersonated-token"
 
 
 class _TokenHandler(BaseHTTPRequestHandler):
-    """Grants ``ACCESS_TOKEN`` for any OAuth token request (the JWT grant of a service
-    account); counts the grants."""
+    """The OAuth token endpoint (any grant: ``ACCESS_TOKEN``) and two IAM Credentials API
+    methods: ``generateAccessToken`` (impersonation: ``IMPERSONATED_TOKEN``) and ``signBlob``
+    (signs with the server's RSA key, RSASSA-PKCS1-v1_5 with SHA-256 as IAM does, for a caller
+    holding ``IMPERSONATED_TOKEN``; 403 when ``deny_signing`` is set)."""
+
+    server: _IamHttpServer
 
     def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        self.server.grants += 1  # type: ignore[attr-defined]
-        body = json.dumps({"access_token": ACCESS_TOKEN, "expires_in": 3600,
-                           "token_type": "Bearer"}).encode()
-        self.send_response(200)
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        path = self.path.split("?")[0]
+        if path.endswith(":generateAccessToken"):
+            self._json(200, {"accessToken": IMPERSONATED_TOKEN,
+                             "expireTime": "2099-01-01T00:00:00Z"})
+        elif path.endswith(":signBlob"):
+            self._sign(path, body)
+        else:
+            self.server.grants += 1
+            self._json(200, {"access_token": ACCESS_TOKEN, "expires_in": 3600,
+                             "token_type": "Bearer"})
+
+    def _sign(self, path: str, body: bytes) -> None:
+        email = path.rsplit("/serviceAccounts/", 1)[1].removesuffix(":signBlob")
+        self.server.sign_requests.append((email, self.headers.get("Authorization", "")))
+        if self.server.deny_signing or \
+                self.headers.get("Authorization") != f"Bearer {IMPERSONATED_TOKEN}":
+            message = ("Permission 'iam.serviceAccounts.signBlob' denied on resource "
+                       "(or it may not exist).")
+            self._json(403, {"error": {"code": 403, "message": message,
+                                       "status": "PERMISSION_DENIED"}})
+            return
+        payload = base64.b64decode(json.loads(body)["payload"])
+        signature = self.server.signing_key.sign(payload, padding.PKCS1v15(), hashes.SHA256())
+        self._json(200, {"keyId": "1", "signedBlob": base64.b64encode(signature).decode()})
+
+    def _json(self, status: int, data: dict[str, Any]) -> None:
+        body = json.dumps(data).encode()
+        self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -92,34 +125,74 @@ class _TokenHandler(BaseHTTPRequestHandler):
         return None
 
 
+class _IamHttpServer(ThreadingHTTPServer):
+    grants: int
+    deny_signing: bool
+    signing_key: rsa.RSAPrivateKey
+    sign_requests: list[tuple[str, str]]
+
+
 class TokenServer:
-    """A local OAuth token endpoint (a thread), so service-account credentials work offline."""
+    """A local OAuth token endpoint and IAM Credentials API (a thread), so service-account
+    and impersonated credentials work offline; ``signing_key`` is the key of the service
+    account that IAM signs as."""
 
     def __init__(self) -> None:
-        self.server = ThreadingHTTPServer((HOST, 0), _TokenHandler)
-        self.server.grants = 0  # type: ignore[attr-defined]
+        self.server = _IamHttpServer((HOST, 0), _TokenHandler)
+        self.server.grants = 0
+        self.server.deny_signing = False
+        self.server.signing_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.server.sign_requests = []
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
     @property
+    def base_url(self) -> str:
+        return f"http://{HOST}:{self.server.server_address[1]}"
+
+    @property
     def url(self) -> str:
-        return f"http://{HOST}:{self.server.server_address[1]}/token"
+        return f"{self.base_url}/token"
 
     @property
     def grants(self) -> int:
-        return int(self.server.grants)  # type: ignore[attr-defined]
+        return self.server.grants
+
+    @property
+    def signing_key(self) -> rsa.RSAPrivateKey:
+        return self.server.signing_key
+
+    @property
+    def sign_requests(self) -> list[tuple[str, str]]:
+        """(service account, Authorization header) of every signBlob request."""
+        return self.server.sign_requests
+
+    def deny_signing(self, deny: bool = True) -> None:
+        self.server.deny_signing = deny
 
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
 
 
+def make_impersonated_credentials_file(path: Path, server: TokenServer, email: str) -> Path:
+    """Application Default Credentials without a private key, as ``gcloud auth
+    application-default login --impersonate-service-account`` writes them: a user's refresh
+    token (exchanged at the local token endpoint) that impersonates *email* (through the local
+    IAM endpoint)."""
+    path.write_text(json.dumps({
+        "type": "impersonated_service_account", "token_uri": server.url,
+        "service_account_impersonation_url": f"{server.base_url}/v1/projects/-/"
+                                             f"serviceAccounts/{email}:generateAccessToken",
+        "source_credentials": {"type": "authorized_user", "client_id": "id",
+                               "client_secret": "secret", "refresh_token": "refresh"},
+        "delegates": []}))
+    return path
+
+
 def make_service_account_file(path: Path, token_uri: str) -> Path:
     """A throw-away service-account JSON with a fresh RSA key (signs V4 URLs offline) whose
     tokens come from *token_uri* (a local endpoint: nothing ever leaves the machine)."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption()).decode()

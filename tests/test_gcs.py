@@ -45,11 +45,13 @@ from lexigram_storage.errors import (
 )
 from tests.gcs_server import (
     ACCESS_TOKEN,
+    IMPERSONATED_TOKEN,
     FaultProxy,
     GcsSettings,
     Seen,
     TokenServer,
     create_gcs_bucket,
+    make_impersonated_credentials_file,
 )
 
 KiB = 1024
@@ -538,6 +540,67 @@ async def test_no_signed_url_without_a_key(gcs_server: GcsSettings, gcs_bucket: 
             await anonymous.get_presigned_url("k.txt", 60)
         assert "no credentials to sign with" in exc.value.message
         assert "credentials_path" in (exc.value.hint or "")
+
+
+async def test_urls_signed_through_iam_sign_blob_under_keyless_credentials(
+        gcs_server: GcsSettings, gcs_bucket: str, tmp_path: Path) -> None:
+    """Impersonated Application Default Credentials hold no private key: the driver asks the
+    IAM Credentials API (a local one, signing with a key the test made) to sign as the service
+    account; the signature is checked with that key's public half, and the emulator serves
+    the URLs."""
+    email = "signer@test.iam.gserviceaccount.com"
+    iam = TokenServer()
+    try:
+        adc = make_impersonated_credentials_file(tmp_path / "adc.json", iam, email)
+        async with make_driver(gcs_server.endpoint_url, gcs_bucket, str(adc),
+                               iam_endpoint_url=iam.base_url) as driver:
+            await driver.upload("iam/report.csv", b"a,b\n")
+            url = await driver.get_presigned_url("iam/report.csv", 120,
+                                                 response_content_type="text/plain")
+            put_url = await driver.get_presigned_url("iam/up.txt", 120, "PUT",
+                                                     content_type="text/plain")
+            assert driver._private_key is None  # nothing was signed locally
+        public = iam.signing_key.public_key()
+        query = verify_v4_signature(url, "GET", public)
+        assert query["X-Goog-Credential"].split("/")[0] == email
+        assert query["response-content-type"] == "text/plain"
+        verify_v4_signature(put_url, "PUT", public, {"Content-Type": "text/plain"})
+        with pytest.raises(InvalidSignature):  # another key did not sign it
+            verify_v4_signature(url, "GET", rsa.generate_private_key(
+                public_exponent=65537, key_size=2048).public_key())
+        # as the service account, with the token its impersonation granted
+        assert iam.sign_requests == [(email, f"Bearer {IMPERSONATED_TOKEN}")] * 2
+        async with aiohttp.ClientSession() as http:
+            async with http.get(url) as response:
+                assert (response.status, await response.read()) == (200, b"a,b\n")
+            async with http.put(put_url, data=b"put through IAM",
+                                headers={"Content-Type": "text/plain"}) as response:
+                assert response.status == 200
+        async with make_driver(gcs_server.endpoint_url, gcs_bucket, None) as reader:
+            assert await reader.download("iam/up.txt") == b"put through IAM"
+    finally:
+        iam.close()
+
+
+async def test_iam_refusing_to_sign_gives_no_url(
+        gcs_server: GcsSettings, gcs_bucket: str, tmp_path: Path) -> None:
+    email = "signer@test.iam.gserviceaccount.com"
+    iam = TokenServer()
+    iam.deny_signing()
+    try:
+        adc = make_impersonated_credentials_file(tmp_path / "adc.json", iam, email)
+        async with make_driver(gcs_server.endpoint_url, gcs_bucket, str(adc),
+                               iam_endpoint_url=iam.base_url) as driver:
+            with pytest.raises(StoragePermissionError) as exc:
+                await driver.get_presigned_url("iam/report.csv", 120)
+        assert "signBlob" in str(exc.value) and email in str(exc.value)
+        assert "403" in str(exc.value) and "denied" in str(exc.value)
+        assert "roles/iam.serviceAccountTokenCreator" in (exc.value.hint or "")
+        assert exc.value.details["status"] == 403
+        assert isinstance(exc.value.__cause__, aiohttp.ClientResponseError)
+        assert len(iam.sign_requests) == 1  # a refusal is not retried
+    finally:
+        iam.close()
 
 
 async def test_get_url_forms(gcs_server: GcsSettings) -> None:
