@@ -229,6 +229,67 @@ async def test_a_cancelled_upload_deletes_the_session(watched: GCSDriver,
     assert await watched.download("a/key.bin") == b"old object"
 
 
+async def test_a_payload_of_known_size_is_one_streamed_put_and_a_small_finalize(
+        watched: GCSDriver, gcs_proxy: FaultProxy, tmp_path: Path) -> None:
+    raw = os.urandom(5 * CHUNK + 100)
+    path = tmp_path / "f.bin"
+    path.write_bytes(raw)
+    for key, source in (("k/bytes.bin", raw), ("k/file.bin", path)):
+        gcs_proxy.seen.clear()
+        if isinstance(source, Path):
+            with source.open("rb") as f:
+                info = await watched.upload(key, f)
+        else:
+            info = await watched.upload(key, source)
+        assert chunk_puts(gcs_proxy) == [f"bytes 0-{5 * CHUNK - 1}/*",
+                                         f"bytes {5 * CHUNK}-{len(raw) - 1}/{len(raw)}"]
+        streamed, final = gcs_proxy.requests("PUT", "/upload/")
+        assert streamed.body == raw[:5 * CHUNK] and "x-goog-hash" not in streamed.headers
+        assert final.headers["x-goog-hash"] == f"md5={md5_b64(raw)}"
+        assert info.etag == sha256(raw)
+        assert await watched.download(key) == raw
+
+
+@pytest.mark.parametrize("source", ["bytes", "file"])
+async def test_a_streamed_put_cut_midway_resumes_where_the_session_ends(
+        watched: GCSDriver, gcs_proxy: FaultProxy, tmp_path: Path, source: str) -> None:
+    """The connection drops after 2 of 6 blocks; the rest is read again (from the caller's
+    bytes, or from the file at its offset) and sent from where the session ends."""
+    raw = os.urandom(6 * CHUNK + 9)
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"skipped" + raw)
+    gcs_proxy.cut(lambda s: is_chunk(s) and s.headers["content-range"].startswith("bytes 0-"),
+                  keep=2 * CHUNK)
+    if source == "file":
+        with path.open("rb") as f:
+            f.seek(7)
+            info = await watched.upload("k/cut.bin", f)
+    else:
+        info = await watched.upload("k/cut.bin", raw)
+    size = len(raw)
+    assert chunk_puts(gcs_proxy) == [
+        f"bytes 0-{6 * CHUNK - 1}/*", "bytes */*", f"bytes {2 * CHUNK}-{6 * CHUNK - 1}/*",
+        f"bytes {6 * CHUNK}-{size - 1}/{size}"]
+    assert gcs_proxy.requests("PUT", "/upload/")[2].body == raw[2 * CHUNK:6 * CHUNK]
+    assert info.etag == sha256(raw)
+    assert sha256(await watched.download("k/cut.bin")) == sha256(raw)
+
+
+async def test_a_streamed_put_that_keeps_failing_ends_the_upload(
+        watched: GCSDriver, gcs_proxy: FaultProxy) -> None:
+    await watched.upload("k/key.bin", b"old object")
+    gcs_proxy.answer(lambda s: is_chunk(s) and s.headers["content-range"].endswith("/*")
+                     and not s.headers["content-range"].startswith("bytes */"), 503,
+                     {"error": {"code": 503, "message": "backend error"}}, times=9)
+    with pytest.raises(StorageUnavailableError) as exc:
+        await watched.upload("k/key.bin", os.urandom(4 * CHUNK))
+    assert exc.value.details["status"] == 503
+    assert chunk_puts(gcs_proxy) == [f"bytes 0-{3 * CHUNK - 1}/*", "bytes */*"] * 2 + [
+        f"bytes 0-{3 * CHUNK - 1}/*"]
+    assert [s for s in gcs_proxy.requests("DELETE") if "upload_id" in s.query]
+    assert await watched.download("k/key.bin") == b"old object"
+
+
 def md5_b64(data: bytes) -> str:
     return base64.b64encode(hashlib.md5(data).digest()).decode()
 
@@ -289,7 +350,7 @@ async def test_a_chunk_that_keeps_failing_ends_the_upload_after_max_attempts(
     gcs_proxy.answer(lambda s: is_chunk(s) and s.headers["content-range"].startswith(
         f"bytes {CHUNK}-"), 503, {"error": {"code": 503, "message": "backend error"}}, times=9)
     with pytest.raises(StorageUnavailableError) as exc:
-        await watched.upload("a/key.bin", os.urandom(3 * CHUNK))
+        await watched.upload("a/key.bin", chunked(os.urandom(3 * CHUNK), CHUNK))
     assert exc.value.details["status"] == 503
     sends = [r for r in chunk_puts(gcs_proxy) if r.startswith(f"bytes {CHUNK}-")]
     assert len(sends) == watched.max_attempts

@@ -41,7 +41,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import io
 import json
+import os
 import random
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -53,7 +55,7 @@ from urllib.parse import quote, urlsplit
 from lexigram.contracts.infra.storage import StorageError
 
 from lexigram_storage.config import StorageGCSConfig, settings_from
-from lexigram_storage.drivers._http import idle_bounded_body, retry_delay
+from lexigram_storage.drivers._http import IdleBoundedPayload, idle_bounded_body, retry_delay
 from lexigram_storage.drivers._parts import PartRules, upload
 from lexigram_storage.drivers.base import BaseDriver, await_to_end, create_only_conflict
 from lexigram_storage.errors import (
@@ -73,6 +75,8 @@ from lexigram_storage.payload import DEFAULT_CONTENT_TYPE, Payload, UploadPolicy
 
 try:
     import aiohttp
+    import aiohttp.payload
+    from aiohttp.abc import AbstractStreamWriter
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import padding, rsa
     from gcloud.aio.auth import Token
@@ -744,12 +748,23 @@ class GCSDriver(BaseDriver):
 class _Resumable:
     """One resumable upload session: the upload engine's part sink.
 
-    Chunks go out one at a time (``PartRules.max_concurrency`` is 1), each a multiple of
-    256 KiB; the engine's parts are aligned, so only the last can be short: it is held back and
-    sent by ``complete`` with the total size (else ``complete`` sends an empty finalize). A
-    chunk is sent as the engine's pieces, in slices, with its Content-Length (never joined
-    into one buffer). The running MD5 of the bytes goes with the finalize (``X-Goog-Hash``),
-    and is compared with the MD5 the server reports for the stored object."""
+    The engine hands over the bytes in order, one part at a time (``PartRules.max_concurrency``
+    is 1, parts are multiples of 256 KiB but the last). Only the request that finalizes the
+    upload carries the object's size and the MD5 of the whole content (``X-Goog-Hash``), so it
+    carries the last bytes: nothing is stored before it.
+
+    * A payload of known size (bytes, a seekable file) is sent as one streamed PUT of all its
+      256 KiB blocks but the last (the engine's parts flow into its body while it is sent: a
+      few parts in memory), then the finalize with the rest (at most 256 KiB). If the PUT fails,
+      the session's status says where to resume, and the missing bytes are read again from the
+      payload (the caller's bytes, or the file at its offset).
+    * A stream of unknown size goes in chunks of ``chunk_size``, each its own PUT with its
+      Content-Length, sent as the engine's pieces (never joined into one buffer); a short last
+      chunk is held back for the finalize (else the finalize is empty). A failed chunk is sent
+      again from the chunk still in memory (``_send``).
+
+    The running MD5 of the bytes goes with the finalize and is compared with the MD5 the server
+    reports for the stored object."""
 
     def __init__(self, driver: GCSDriver, key: str, payload: Payload) -> None:
         self.driver = driver
@@ -759,6 +774,23 @@ class _Resumable:
         self.offset = 0  # bytes the server has persisted
         self.last: list[bytes | memoryview] = []
         self.md5 = hashlib.md5(usedforsecurity=False)
+        # a payload of known size whose bytes can be read again goes as one streamed PUT of
+        # ``bulk`` bytes (every 256 KiB block but the last) plus the finalize
+        self.total = payload.size_hint
+        self.bulk: int | None = None
+        self.fed = 0  # bytes handed to the streamed PUT
+        self.kept: list[memoryview] | None = None  # in-memory payloads: the bytes, as views
+        self.read_again: Callable[[int, int], Awaitable[bytes]] | None = None
+        self.stream: asyncio.Task[_Reply] | None = None
+        self.queue: asyncio.Queue[list[memoryview]] = asyncio.Queue(maxsize=1)
+        self.failures = 0
+        if self.total is not None:
+            if payload.source_file is None:
+                self.kept = []
+            else:
+                self.read_again = _file_reader(payload.source_file)
+            if self.kept is not None or self.read_again is not None:
+                self.bulk = (self.total - 1) // CHUNK_ALIGN * CHUNK_ALIGN
 
     async def start(self, digest: str | None) -> None:
         request = self.payload.request
@@ -773,9 +805,17 @@ class _Resumable:
         self.url = reply.headers["Location"]
 
     async def put_part(self, number: int, pieces: list[bytes | memoryview]) -> str:
-        # in a worker thread, one chunk at a time: the MD5 follows the order of the bytes
+        # in a worker thread, one part at a time: the MD5 follows the order of the bytes
         await asyncio.to_thread(_hash_pieces, pieces, self.md5)
-        if sum(len(piece) for piece in pieces) % CHUNK_ALIGN:
+        if self.bulk is not None:
+            views = [memoryview(piece).cast("B") for piece in pieces]
+            streamed = _before(views, self.bulk - self.fed)
+            self.last.extend(_after(views, sum(view.nbytes for view in streamed)))
+            if streamed:
+                if self.kept is not None:
+                    self.kept.extend(streamed)
+                await self._feed(streamed)
+        elif sum(len(piece) for piece in pieces) % CHUNK_ALIGN:
             self.last = pieces  # the last chunk: ``complete`` sends it with the total size
         else:
             await self._send(pieces, None)
@@ -783,6 +823,16 @@ class _Resumable:
 
     async def complete(self, parts: list[tuple[int, str]], create_only: bool
                        ) -> dict[str, Any]:
+        if self.bulk is not None:
+            size = self.fed + sum(len(piece) for piece in self.last)
+            if size != self.total:
+                raise StorageError(
+                    f"{self.driver.name}: the upload of {self.key!r} read {size} bytes, not "
+                    f"the {self.total} announced (the file changed while it was read)")
+            while self.offset < self.bulk:
+                if self.stream is None:
+                    self._open_stream()
+                await self._settle()
         pieces, self.last = self.last, []
         try:
             reply = await self._send(pieces, self.offset + sum(len(p) for p in pieces))
@@ -794,7 +844,122 @@ class _Resumable:
         await self.driver._verify_stored(self.key, resource, _b64(self.md5.digest()))
         return resource
 
+    # ---- the streamed PUT
+
+    def _open_stream(self) -> None:
+        """Start the PUT of the bytes from ``offset`` to ``bulk``: those handed over already
+        are read again, then the ones ``_feed`` hands over."""
+        assert self.url is not None and self.bulk is not None
+        first, fed = self.offset, self.fed
+        queue: asyncio.Queue[list[memoryview]] = asyncio.Queue(maxsize=1)
+        self.queue = queue
+
+        async def source() -> AsyncIterator[memoryview]:
+            async for view in self._read_range(first, fed):
+                yield view
+            left = self.bulk - fed  # type: ignore[operator]
+            while left > 0:
+                for view in await queue.get():
+                    left -= view.nbytes
+                    yield view
+
+        body = _StreamedBody(source(), self.bulk - first, self.driver.read_timeout)
+        headers = {"Content-Type": self.payload.request.content_type,
+                   "Content-Range": f"bytes {first}-{self.bulk - 1}/*"}
+        self.stream = asyncio.ensure_future(self.driver._call(
+            "PUT", self.url, data=body, headers=headers, idempotent=False))
+
+    async def _feed(self, views: list[memoryview]) -> None:
+        """Hand *views* to the streamed PUT (starting one if needed); returns once its body
+        took them, or resumes it after a failure."""
+        while True:
+            if self.stream is None:
+                self._open_stream()
+            assert self.stream is not None
+            put = asyncio.ensure_future(self.queue.put(views))
+            try:
+                await asyncio.wait({put, self.stream}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                put.cancel()
+            if put.done() and not put.cancelled():
+                self.fed += sum(view.nbytes for view in views)
+                return
+            await self._settle()
+
+    async def _settle(self) -> None:
+        """Wait for the streamed PUT to end and take the session's offset from it (after a
+        failure, from a status query); it is resumed from there."""
+        stream, self.stream = self.stream, None
+        assert stream is not None
+        before = self.offset
+        try:
+            reply = await stream
+        except Exception as exc:
+            await self._failed(exc)
+            reply = await self._query()
+        else:
+            if _persisted(reply.headers.get("Range")) == before:
+                await self._failed(StorageUnavailableError(
+                    f"the server took none of the bytes from {before} on",
+                    backend=self.driver.name, key=self.key))
+        self.offset = await self._held(reply, before, self.fed)
+
+    async def _read_range(self, start: int, end: int) -> AsyncIterator[memoryview]:
+        """The payload's bytes from *start* to *end*, read again."""
+        if self.kept is not None:
+            offset = 0
+            for view in self.kept:
+                low, high = max(start, offset), min(end, offset + view.nbytes)
+                if low < high:
+                    yield view[low - offset:high - offset]
+                offset += view.nbytes
+            return
+        assert self.read_again is not None
+        while start < end:
+            size = min(MiB, end - start)
+            yield memoryview(await self.read_again(start, size))
+            start += size
+
+    async def _query(self) -> _Reply:
+        """The status query: how many bytes the session holds (308 and ``Range``)."""
+        assert self.url is not None
+        while True:
+            try:
+                return await self.driver._call(
+                    "PUT", self.url, data=b"", idempotent=False,
+                    headers={"Content-Type": self.payload.request.content_type,
+                             "Content-Range": "bytes */*"})
+            except Exception as exc:
+                await self._failed(exc)
+
+    async def _failed(self, exc: Exception) -> None:
+        """Count a failed request: raise *exc* when it cannot be retried or was the last
+        attempt, else wait before the next."""
+        self.failures += 1
+        if self.failures >= self.driver.max_attempts or not _retryable(exc, True):
+            raise exc
+        await asyncio.sleep(retry_delay(self.failures))
+
+    async def _held(self, reply: _Reply, low: int, high: int) -> int:
+        """The bytes a session holds from a 308 answer, between *low* and *high*; a session
+        finalized before its end (never on GCS) is an error, and what it stored is removed."""
+        if reply.status != 308:
+            await self.driver._remove_stored(self.key, reply.data)
+            raise StorageUnavailableError(
+                "the server finalized the upload before its end", backend=self.driver.name,
+                key=self.key)
+        held = _persisted(reply.headers.get("Range"))
+        if not low <= held <= high:
+            raise StorageUnavailableError(
+                f"the upload session holds {held} bytes, expected {low} to {high}",
+                backend=self.driver.name, key=self.key)
+        return held
+
     async def abort(self) -> None:
+        stream, self.stream = self.stream, None
+        if stream is not None:
+            stream.cancel()
+            await asyncio.gather(stream, return_exceptions=True)
         if self.url is not None:
             await self.driver._call("DELETE", self.url, idempotent=False, accept=(499,))
 
@@ -819,51 +984,35 @@ class _Resumable:
         end = start + sum(len(piece) for piece in pieces)
         size = "*" if total is None else str(total)
         hashes = {} if total is None else {"X-Goog-Hash": f"md5={_b64(self.md5.digest())}"}
-        failures = 0
+        self.failures = 0
         query = False  # ask how many bytes the session holds instead of sending
         while True:
             first = self.offset
+            headers = {"Content-Type": self.payload.request.content_type, **hashes}
             if query or first == end:
                 # the status query; with the total, it finalizes a session holding every byte
-                headers = {"Content-Type": self.payload.request.content_type,
-                           "Content-Range": f"bytes */{size}", **hashes}
+                headers["Content-Range"] = f"bytes */{size}"
                 data: Any = b""
             else:
-                headers = {"Content-Type": self.payload.request.content_type,
-                           "Content-Length": str(end - first),
-                           "Content-Range": f"bytes {first}-{end - 1}/{size}", **hashes}
+                headers["Content-Range"] = f"bytes {first}-{end - 1}/{size}"
+                headers["Content-Length"] = str(end - first)
                 data = lambda skip=first - start: _after(pieces, skip)  # noqa: E731
             try:
                 reply = await self.driver._call("PUT", self.url, data=data, headers=headers,
                                                 idempotent=False)
             except Exception as exc:
-                failures += 1
-                if failures >= self.driver.max_attempts or not _retryable(exc, True):
-                    raise
-                await asyncio.sleep(retry_delay(failures))
+                await self._failed(exc)
                 query = True
                 continue
-            if reply.status != 308:
-                if total is None:  # a session finalized before its end (never on GCS)
-                    await self.driver._remove_stored(self.key, reply.data)
-                    raise StorageUnavailableError(
-                        f"the server finalized the upload after {first} bytes, before its end",
-                        backend=self.driver.name, key=self.key)
+            if reply.status != 308 and total is not None:
                 return reply  # 200/201: the upload is finalized
-            persisted = _persisted(reply.headers.get("Range"))
-            if not start <= persisted <= end:
-                raise StorageUnavailableError(
-                    f"the upload session holds {persisted} bytes; this chunk spans "
-                    f"{start}-{end}", backend=self.driver.name, key=self.key)
-            if not query and persisted == first:  # a chunk taken without progress
-                failures += 1
-                if failures >= self.driver.max_attempts:
-                    raise StorageUnavailableError(
-                        f"the server took none of the bytes from {first} on",
-                        backend=self.driver.name, key=self.key)
+            self.offset = await self._held(reply, start, end)
+            if not query and self.offset == first:  # a chunk taken without progress
+                await self._failed(StorageUnavailableError(
+                    f"the server took none of the bytes from {first} on",
+                    backend=self.driver.name, key=self.key))
             query = False
-            self.offset = persisted
-            if persisted == end and total is None:
+            if self.offset == end and total is None:
                 return reply
 
 
@@ -907,12 +1056,77 @@ def _persisted(header: str | None) -> int:
     return int(header.rpartition("-")[2]) + 1
 
 
+class _StreamedBody(aiohttp.payload.Payload):
+    """The body of a streamed PUT: *size* bytes from *source*, an async iterator of views that
+    may wait for the next bytes; each view is written under the idle deadline of
+    :class:`~lexigram_storage.drivers._http.IdleBoundedPayload`. It can be written once."""
+
+    def __init__(self, source: AsyncIterator[memoryview], size: int, idle_timeout: float
+                 ) -> None:
+        super().__init__(source, content_type="application/octet-stream")
+        self._size = size  # aiohttp's Content-Length
+        self._source = source
+        self._idle_timeout = idle_timeout
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        raise TypeError("a streamed body cannot be read back")
+
+    async def as_bytes(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+        raise TypeError("a streamed body cannot be read back")
+
+    async def write(self, writer: AbstractStreamWriter) -> None:
+        await self.write_with_length(writer, None)
+
+    async def write_with_length(self, writer: AbstractStreamWriter,
+                                content_length: int | None) -> None:
+        async for view in self._source:
+            await IdleBoundedPayload([view], self._idle_timeout).write(writer)
+
+
+def _file_reader(source: Any) -> Callable[[int, int], Awaitable[bytes]] | None:
+    """Read *size* bytes at an offset of the payload of a seekable file (from its position
+    now) again, without moving it: ``os.pread`` in a worker thread, or a copy out of an
+    ``io.BytesIO``; ``None`` for a file that cannot be read so."""
+    try:
+        base = int(source.tell())
+    except (AttributeError, OSError, ValueError):
+        return None
+    if isinstance(source, io.BytesIO):
+        async def from_buffer(offset: int, size: int) -> bytes:
+            return source.getvalue()[base + offset:base + offset + size]
+        return from_buffer
+    try:
+        fd = source.fileno()
+    except (AttributeError, OSError, ValueError):
+        return None
+
+    async def from_fd(offset: int, size: int) -> bytes:
+        data = await asyncio.to_thread(os.pread, fd, size, base + offset)
+        if len(data) != size:
+            raise StorageError(f"the file ended at {base + offset + len(data)} bytes while "
+                               "its upload was resumed")
+        return data
+
+    return from_fd
+
+
 def _hash_pieces(pieces: list[bytes | memoryview], md5: Any) -> None:
     for piece in pieces:
         md5.update(piece)
 
 
-def _after(pieces: list[bytes | memoryview], skip: int) -> list[bytes | memoryview]:
+def _before(views: list[memoryview], size: int) -> list[memoryview]:
+    """The first *size* bytes of *views* (nothing copied)."""
+    head: list[memoryview] = []
+    for view in views:
+        if size <= 0:
+            break
+        head.append(view[:size] if view.nbytes > size else view)
+        size -= view.nbytes
+    return head
+
+
+def _after(pieces: list[Any], skip: int) -> list[Any]:
     """The bytes of *pieces* after the first *skip*, as views (nothing copied)."""
     rest: list[bytes | memoryview] = []
     for piece in pieces:
