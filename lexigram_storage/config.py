@@ -162,8 +162,10 @@ class StorageGCSConfig(StorageNetworkConfig):
         "without a private key. Default: Google.")
     resumable_threshold: int = Field(8 * MiB, ge=1,
                                      description="Uploads at least this big use a resumable upload (bytes).")
-    chunk_size: int = Field(8 * MiB, ge=256 * KiB, le=1024 * MiB, multiple_of=256 * KiB,
-                            description="Resumable upload chunk: a multiple of 256 KiB, sent one at a time.")
+    chunk_size: int = Field(16 * MiB, ge=256 * KiB, le=1024 * MiB, multiple_of=256 * KiB,
+                            description="Resumable uploads: the chunk (one PUT) of a stream of unknown "
+                            "size, and the part in memory while a file or bytes stream in one PUT; "
+                            "a multiple of 256 KiB.")
     max_concurrency: int = Field(8, ge=1, le=64,
                                  description="Deletes in flight at once (delete_many, clear).")
 

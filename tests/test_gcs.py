@@ -229,25 +229,32 @@ async def test_a_cancelled_upload_deletes_the_session(watched: GCSDriver,
     assert await watched.download("a/key.bin") == b"old object"
 
 
-async def test_a_payload_of_known_size_is_one_streamed_put_and_a_small_finalize(
+async def test_a_file_is_one_streamed_put_carrying_its_md5(
         watched: GCSDriver, gcs_proxy: FaultProxy, tmp_path: Path) -> None:
     raw = os.urandom(5 * CHUNK + 100)
     path = tmp_path / "f.bin"
     path.write_bytes(raw)
-    for key, source in (("k/bytes.bin", raw), ("k/file.bin", path)):
-        gcs_proxy.seen.clear()
-        if isinstance(source, Path):
-            with source.open("rb") as f:
-                info = await watched.upload(key, f)
-        else:
-            info = await watched.upload(key, source)
-        assert chunk_puts(gcs_proxy) == [f"bytes 0-{5 * CHUNK - 1}/*",
-                                         f"bytes {5 * CHUNK}-{len(raw) - 1}/{len(raw)}"]
-        streamed, final = gcs_proxy.requests("PUT", "/upload/")
-        assert streamed.body == raw[:5 * CHUNK] and "x-goog-hash" not in streamed.headers
-        assert final.headers["x-goog-hash"] == f"md5={md5_b64(raw)}"
-        assert info.etag == sha256(raw)
-        assert await watched.download(key) == raw
+    with path.open("rb") as f:
+        info = await watched.upload("k/file.bin", f)
+    [put] = gcs_proxy.requests("PUT", "/upload/")
+    assert put.headers["content-range"] == f"bytes 0-{len(raw) - 1}/{len(raw)}"
+    assert put.headers["x-goog-hash"] == f"md5={md5_b64(raw)}"
+    assert put.body == raw
+    assert info.etag == sha256(raw)
+    assert await watched.download("k/file.bin") == raw
+
+
+async def test_bytes_are_one_streamed_put_and_a_small_finalize(
+        watched: GCSDriver, gcs_proxy: FaultProxy) -> None:
+    raw = os.urandom(5 * CHUNK + 100)
+    info = await watched.upload("k/bytes.bin", raw)
+    assert chunk_puts(gcs_proxy) == [f"bytes 0-{5 * CHUNK - 1}/*",
+                                     f"bytes {5 * CHUNK}-{len(raw) - 1}/{len(raw)}"]
+    streamed, final = gcs_proxy.requests("PUT", "/upload/")
+    assert streamed.body == raw[:5 * CHUNK] and "x-goog-hash" not in streamed.headers
+    assert final.headers["x-goog-hash"] == f"md5={md5_b64(raw)}"
+    assert info.etag == sha256(raw)
+    assert await watched.download("k/bytes.bin") == raw
 
 
 @pytest.mark.parametrize("source", ["bytes", "file"])
@@ -256,6 +263,7 @@ async def test_a_streamed_put_cut_midway_resumes_where_the_session_ends(
     """The connection drops after 2 of 6 blocks; the rest is read again (from the caller's
     bytes, or from the file at its offset) and sent from where the session ends."""
     raw = os.urandom(6 * CHUNK + 9)
+    size = len(raw)
     path = tmp_path / "f.bin"
     path.write_bytes(b"skipped" + raw)
     gcs_proxy.cut(lambda s: is_chunk(s) and s.headers["content-range"].startswith("bytes 0-"),
@@ -264,13 +272,18 @@ async def test_a_streamed_put_cut_midway_resumes_where_the_session_ends(
         with path.open("rb") as f:
             f.seek(7)
             info = await watched.upload("k/cut.bin", f)
+        # the streamed PUT of a file finalizes the upload: its status query names the size
+        assert chunk_puts(gcs_proxy) == [
+            f"bytes 0-{size - 1}/{size}", f"bytes */{size}", f"bytes {2 * CHUNK}-{size - 1}/{size}"]
+        assert gcs_proxy.requests("PUT", "/upload/")[2].body == raw[2 * CHUNK:]
+        assert {s.headers["x-goog-hash"] for s in gcs_proxy.requests("PUT", "/upload/")} == \
+            {f"md5={md5_b64(raw)}"}
     else:
         info = await watched.upload("k/cut.bin", raw)
-    size = len(raw)
-    assert chunk_puts(gcs_proxy) == [
-        f"bytes 0-{6 * CHUNK - 1}/*", "bytes */*", f"bytes {2 * CHUNK}-{6 * CHUNK - 1}/*",
-        f"bytes {6 * CHUNK}-{size - 1}/{size}"]
-    assert gcs_proxy.requests("PUT", "/upload/")[2].body == raw[2 * CHUNK:6 * CHUNK]
+        assert chunk_puts(gcs_proxy) == [
+            f"bytes 0-{6 * CHUNK - 1}/*", "bytes */*", f"bytes {2 * CHUNK}-{6 * CHUNK - 1}/*",
+            f"bytes {6 * CHUNK}-{size - 1}/{size}"]
+        assert gcs_proxy.requests("PUT", "/upload/")[2].body == raw[2 * CHUNK:6 * CHUNK]
     assert info.etag == sha256(raw)
     assert sha256(await watched.download("k/cut.bin")) == sha256(raw)
 

@@ -256,7 +256,7 @@ class GCSDriver(BaseDriver):
         public_url: str | None = None,
         iam_endpoint_url: str | None = None,
         resumable_threshold: int = 8 * MiB,
-        chunk_size: int = 8 * MiB,
+        chunk_size: int = 16 * MiB,
         max_concurrency: int = 8,
         connect_timeout: float = 10.0,
         read_timeout: float = 60.0,
@@ -466,10 +466,13 @@ class GCSDriver(BaseDriver):
 
     @property
     def part_rules(self) -> PartRules:
-        """How uploads are cut into chunks (the shared upload engine's settings)."""
+        """How uploads are cut into chunks (the shared upload engine's settings). A file is
+        read 1 MiB at a time: its parts stream into one PUT piece by piece, and smaller
+        buffers from the worker threads keep the peak RSS down."""
         return PartRules(threshold=self.resumable_threshold, part_size=self.chunk_size,
                          max_concurrency=1, max_part_size=1024 * MiB, max_parts=1 << 31,
-                         align=CHUNK_ALIGN, abort_timeout=self.connect_timeout + self.read_timeout)
+                         align=CHUNK_ALIGN, abort_timeout=self.connect_timeout + self.read_timeout,
+                         file_read_size=MiB)
 
     async def _write(self, key: str, payload: Payload) -> ObjectInfo:
         async def put_whole(body: bytes) -> dict[str, Any]:
@@ -753,18 +756,20 @@ class _Resumable:
     upload carries the object's size and the MD5 of the whole content (``X-Goog-Hash``), so it
     carries the last bytes: nothing is stored before it.
 
-    * A payload of known size (bytes, a seekable file) is sent as one streamed PUT of all its
-      256 KiB blocks but the last (the engine's parts flow into its body while it is sent: a
-      few parts in memory), then the finalize with the rest (at most 256 KiB). If the PUT fails,
-      the session's status says where to resume, and the missing bytes are read again from the
-      payload (the caller's bytes, or the file at its offset).
+    * A seekable file is one streamed PUT that finalizes the upload: the engine's parts flow
+      into its body while it is sent (a few parts in memory), and its MD5 is computed before
+      (a pass over the file in a worker thread, beside the engine's SHA-256 pass).
+    * Bytes in memory go as one streamed PUT of all their 256 KiB blocks but the last, then the
+      finalize with the rest (at most 256 KiB) and the MD5 computed meanwhile.
+    * If a streamed PUT fails, the session's status says where to resume, and the missing
+      bytes are read again (from the caller's bytes, or from the file at its offset).
     * A stream of unknown size goes in chunks of ``chunk_size``, each its own PUT with its
       Content-Length, sent as the engine's pieces (never joined into one buffer); a short last
       chunk is held back for the finalize (else the finalize is empty). A failed chunk is sent
       again from the chunk still in memory (``_send``).
 
-    The running MD5 of the bytes goes with the finalize and is compared with the MD5 the server
-    reports for the stored object."""
+    The MD5 goes with the finalize and is compared with the MD5 the server reports for the
+    stored object."""
 
     def __init__(self, driver: GCSDriver, key: str, payload: Payload) -> None:
         self.driver = driver
@@ -775,22 +780,28 @@ class _Resumable:
         self.last: list[bytes | memoryview] = []
         self.md5 = hashlib.md5(usedforsecurity=False)
         # a payload of known size whose bytes can be read again goes as one streamed PUT of
-        # ``bulk`` bytes (every 256 KiB block but the last) plus the finalize
+        # ``bulk`` bytes (a file: all; bytes: every 256 KiB block but the last)
         self.total = payload.size_hint
         self.bulk: int | None = None
         self.fed = 0  # bytes handed to the streamed PUT
         self.kept: list[memoryview] | None = None  # in-memory payloads: the bytes, as views
-        self.read_again: Callable[[int, int], Awaitable[bytes]] | None = None
+        self.read_again: Callable[[int, int], bytes] | None = None
+        self.file_md5: asyncio.Future[bytes] | None = None  # a file's MD5, computed upfront
+        self.md5_b64 = ""  # the MD5 of the whole content, known at the finalize
         self.stream: asyncio.Task[_Reply] | None = None
         self.queue: asyncio.Queue[list[memoryview]] = asyncio.Queue(maxsize=1)
+        self.final: _Reply | None = None  # the answer that finalized the upload
         self.failures = 0
         if self.total is not None:
             if payload.source_file is None:
                 self.kept = []
-            else:
-                self.read_again = _file_reader(payload.source_file)
-            if self.kept is not None or self.read_again is not None:
                 self.bulk = (self.total - 1) // CHUNK_ALIGN * CHUNK_ALIGN
+            elif self.total >= driver.resumable_threshold:
+                self.read_again = _file_reader(payload.source_file)
+                if self.read_again is not None:
+                    self.bulk = self.total
+                    self.file_md5 = asyncio.ensure_future(
+                        asyncio.to_thread(_md5_of_file, self.read_again, self.total))
 
     async def start(self, digest: str | None) -> None:
         request = self.payload.request
@@ -803,11 +814,16 @@ class _Resumable:
             headers={"Content-Type": _JSON, "X-Upload-Content-Type": request.content_type},
             idempotent=True)
         self.url = reply.headers["Location"]
+        if self.file_md5 is not None:
+            self.md5_b64 = _b64(await self.file_md5)
 
     async def put_part(self, number: int, pieces: list[bytes | memoryview]) -> str:
         # in a worker thread, one part at a time: the MD5 follows the order of the bytes
-        await asyncio.to_thread(_hash_pieces, pieces, self.md5)
-        if self.bulk is not None:
+        if self.file_md5 is not None:  # a file: its MD5 is known
+            await self._feed([memoryview(piece).cast("B") for piece in pieces])
+            return str(number)
+        hashing = asyncio.ensure_future(asyncio.to_thread(_hash_pieces, pieces, self.md5))
+        if self.bulk is not None:  # the part streams out while it is hashed
             views = [memoryview(piece).cast("B") for piece in pieces]
             streamed = _before(views, self.bulk - self.fed)
             self.last.extend(_after(views, sum(view.nbytes for view in streamed)))
@@ -815,7 +831,10 @@ class _Resumable:
                 if self.kept is not None:
                     self.kept.extend(streamed)
                 await self._feed(streamed)
-        elif sum(len(piece) for piece in pieces) % CHUNK_ALIGN:
+            await hashing
+            return str(number)
+        await hashing
+        if sum(len(piece) for piece in pieces) % CHUNK_ALIGN:
             self.last = pieces  # the last chunk: ``complete`` sends it with the total size
         else:
             await self._send(pieces, None)
@@ -829,26 +848,31 @@ class _Resumable:
                 raise StorageError(
                     f"{self.driver.name}: the upload of {self.key!r} read {size} bytes, not "
                     f"the {self.total} announced (the file changed while it was read)")
-            while self.offset < self.bulk:
-                if self.stream is None:
-                    self._open_stream()
-                await self._settle()
-        pieces, self.last = self.last, []
+        if self.file_md5 is None:
+            self.md5_b64 = _b64(self.md5.digest())
         try:
-            reply = await self._send(pieces, self.offset + sum(len(p) for p in pieces))
+            if self.bulk is not None:
+                while self.final is None and self.offset < self.bulk:
+                    if self.stream is None:
+                        self._open_stream()
+                    await self._settle()
+            reply = self.final
+            if reply is None:
+                pieces, self.last = self.last, []
+                reply = await self._send(pieces, self.offset + sum(len(p) for p in pieces))
         except GCSResponseError as exc:
             if create_only and exc.status == 412:
                 raise create_only_conflict(self.driver.name, self.key) from exc
             raise
         resource = reply.data
-        await self.driver._verify_stored(self.key, resource, _b64(self.md5.digest()))
+        await self.driver._verify_stored(self.key, resource, self.md5_b64)
         return resource
 
     # ---- the streamed PUT
 
     def _open_stream(self) -> None:
         """Start the PUT of the bytes from ``offset`` to ``bulk``: those handed over already
-        are read again, then the ones ``_feed`` hands over."""
+        (up to ``fed``) are read again, then come the ones ``_feed`` hands over."""
         assert self.url is not None and self.bulk is not None
         first, fed = self.offset, self.fed
         queue: asyncio.Queue[list[memoryview]] = asyncio.Queue(maxsize=1)
@@ -862,29 +886,49 @@ class _Resumable:
                 for view in await queue.get():
                     left -= view.nbytes
                     yield view
+                queue.task_done()  # resumed once the last view was written
 
         body = _StreamedBody(source(), self.bulk - first, self.driver.read_timeout)
+        size, hashes = self._closing()
+        span = f"{first}-{self.bulk - 1}" if first < self.bulk else "*"
         headers = {"Content-Type": self.payload.request.content_type,
-                   "Content-Range": f"bytes {first}-{self.bulk - 1}/*"}
+                   "Content-Range": f"bytes {span}/{size}", **hashes}
         self.stream = asyncio.ensure_future(self.driver._call(
             "PUT", self.url, data=body, headers=headers, idempotent=False))
 
+    def _closing(self) -> tuple[str, dict[str, str]]:
+        """The size a streamed PUT declares, and its hash: those of the object when it
+        finalizes the upload (a file), else ``*`` and none."""
+        if self.file_md5 is None:
+            return "*", {}
+        return str(self.total), {"X-Goog-Hash": f"md5={self.md5_b64}"}
+
     async def _feed(self, views: list[memoryview]) -> None:
-        """Hand *views* to the streamed PUT (starting one if needed); returns once its body
-        took them, or resumes it after a failure."""
+        """Hand *views* to the streamed PUT (starting or resuming one if needed) and wait
+        until they are written, so that two parts at most are in memory (this one, and the
+        next one the engine reads meanwhile). Bytes handed over are read again if the PUT
+        fails (``_read_range``)."""
         while True:
             if self.stream is None:
                 self._open_stream()
-            assert self.stream is not None
-            put = asyncio.ensure_future(self.queue.put(views))
-            try:
-                await asyncio.wait({put, self.stream}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                put.cancel()
-            if put.done() and not put.cancelled():
-                self.fed += sum(view.nbytes for view in views)
-                return
-            await self._settle()
+            if await self._unless_stream_ends(self.queue.put(views)):
+                break
+        self.fed += sum(view.nbytes for view in views)
+        await self._unless_stream_ends(self.queue.join())
+
+    async def _unless_stream_ends(self, step: Awaitable[None]) -> bool:
+        """Run *step* unless the streamed PUT ends first (then settle it): whether it ran."""
+        stream = self.stream
+        assert stream is not None
+        waiter = asyncio.ensure_future(step)
+        try:
+            await asyncio.wait({waiter, stream}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+        if waiter.done() and not waiter.cancelled():
+            return True
+        await self._settle()
+        return False
 
     async def _settle(self) -> None:
         """Wait for the streamed PUT to end and take the session's offset from it (after a
@@ -898,10 +942,13 @@ class _Resumable:
             await self._failed(exc)
             reply = await self._query()
         else:
-            if _persisted(reply.headers.get("Range")) == before:
+            if reply.status == 308 and _persisted(reply.headers.get("Range")) == before:
                 await self._failed(StorageUnavailableError(
                     f"the server took none of the bytes from {before} on",
                     backend=self.driver.name, key=self.key))
+        if reply.status != 308 and self.file_md5 is not None:
+            self.final = reply  # the file's streamed PUT finalized the upload
+            return
         self.offset = await self._held(reply, before, self.fed)
 
     async def _read_range(self, start: int, end: int) -> AsyncIterator[memoryview]:
@@ -917,18 +964,20 @@ class _Resumable:
         assert self.read_again is not None
         while start < end:
             size = min(MiB, end - start)
-            yield memoryview(await self.read_again(start, size))
+            yield memoryview(await asyncio.to_thread(self.read_again, start, size))
             start += size
 
     async def _query(self) -> _Reply:
-        """The status query: how many bytes the session holds (308 and ``Range``)."""
+        """The status query: how many bytes the session holds (308 and ``Range``); with the
+        object's size, it finalizes a session that holds them all."""
         assert self.url is not None
+        size, hashes = self._closing()
         while True:
             try:
                 return await self.driver._call(
                     "PUT", self.url, data=b"", idempotent=False,
                     headers={"Content-Type": self.payload.request.content_type,
-                             "Content-Range": "bytes */*"})
+                             "Content-Range": f"bytes */{size}", **hashes})
             except Exception as exc:
                 await self._failed(exc)
 
@@ -983,7 +1032,7 @@ class _Resumable:
         start = self.offset  # where the pieces begin
         end = start + sum(len(piece) for piece in pieces)
         size = "*" if total is None else str(total)
-        hashes = {} if total is None else {"X-Goog-Hash": f"md5={_b64(self.md5.digest())}"}
+        hashes = {} if total is None else {"X-Goog-Hash": f"md5={self.md5_b64}"}
         self.failures = 0
         query = False  # ask how many bytes the session holds instead of sending
         while True:
@@ -1083,16 +1132,16 @@ class _StreamedBody(aiohttp.payload.Payload):
             await IdleBoundedPayload([view], self._idle_timeout).write(writer)
 
 
-def _file_reader(source: Any) -> Callable[[int, int], Awaitable[bytes]] | None:
-    """Read *size* bytes at an offset of the payload of a seekable file (from its position
-    now) again, without moving it: ``os.pread`` in a worker thread, or a copy out of an
+def _file_reader(source: Any) -> Callable[[int, int], bytes] | None:
+    """A blocking function reading *size* bytes at an offset of the payload of a seekable
+    file (from its position now) without moving it: ``os.pread``, or a copy out of an
     ``io.BytesIO``; ``None`` for a file that cannot be read so."""
     try:
         base = int(source.tell())
     except (AttributeError, OSError, ValueError):
         return None
     if isinstance(source, io.BytesIO):
-        async def from_buffer(offset: int, size: int) -> bytes:
+        def from_buffer(offset: int, size: int) -> bytes:
             return source.getvalue()[base + offset:base + offset + size]
         return from_buffer
     try:
@@ -1100,14 +1149,21 @@ def _file_reader(source: Any) -> Callable[[int, int], Awaitable[bytes]] | None:
     except (AttributeError, OSError, ValueError):
         return None
 
-    async def from_fd(offset: int, size: int) -> bytes:
-        data = await asyncio.to_thread(os.pread, fd, size, base + offset)
+    def from_fd(offset: int, size: int) -> bytes:
+        data = os.pread(fd, size, base + offset)
         if len(data) != size:
             raise StorageError(f"the file ended at {base + offset + len(data)} bytes while "
-                               "its upload was resumed")
+                               "it was read")
         return data
 
     return from_fd
+
+
+def _md5_of_file(read: Callable[[int, int], bytes], size: int) -> bytes:
+    md5 = hashlib.md5(usedforsecurity=False)
+    for offset in range(0, size, MiB):
+        md5.update(read(offset, min(MiB, size - offset)))
+    return md5.digest()
 
 
 def _hash_pieces(pieces: list[bytes | memoryview], md5: Any) -> None:
