@@ -820,7 +820,14 @@ class _Resumable:
     async def put_part(self, number: int, pieces: list[bytes | memoryview]) -> str:
         # in a worker thread, one part at a time: the MD5 follows the order of the bytes
         if self.file_md5 is not None:  # a file: its MD5 is known
-            await self._feed([memoryview(piece).cast("B") for piece in pieces])
+            views = [memoryview(piece).cast("B") for piece in pieces]
+            size = self.fed + sum(view.nbytes for view in views)
+            if self.total is not None and size > self.total:
+                raise StorageError(f"{self.driver.name}: the file uploaded to {self.key!r} "
+                                   f"grew while it was read (past {self.total} bytes)")
+            if size == self.total:  # its last bytes complete the upload: ``complete`` sends them
+                self.last = [views.pop()]
+            await self._feed(views)
             return str(number)
         hashing = asyncio.ensure_future(asyncio.to_thread(_hash_pieces, pieces, self.md5))
         if self.bulk is not None:  # the part streams out while it is hashed
@@ -851,6 +858,10 @@ class _Resumable:
         if self.file_md5 is None:
             self.md5_b64 = _b64(self.md5.digest())
         try:
+            if self.file_md5 is not None and self.last:
+                # the file's last bytes: with them the server finalizes the upload
+                views, self.last = self.last, []
+                await self._feed([memoryview(view) for view in views])
             if self.bulk is not None:
                 while self.final is None and self.offset < self.bulk:
                     if self.stream is None:
@@ -878,15 +889,15 @@ class _Resumable:
         queue: asyncio.Queue[list[memoryview]] = asyncio.Queue(maxsize=1)
         self.queue = queue
 
-        async def source() -> AsyncIterator[memoryview]:
+        async def source() -> AsyncIterator[list[memoryview]]:
             async for view in self._read_range(first, fed):
-                yield view
+                yield [view]
             left = self.bulk - fed  # type: ignore[operator]
             while left > 0:
-                for view in await queue.get():
-                    left -= view.nbytes
-                    yield view
-                queue.task_done()  # resumed once the last view was written
+                views = await queue.get()
+                left -= sum(view.nbytes for view in views)
+                yield views
+                queue.task_done()  # resumed once they were written
 
         body = _StreamedBody(source(), self.bulk - first, self.driver.read_timeout)
         size, hashes = self._closing()
@@ -1106,12 +1117,12 @@ def _persisted(header: str | None) -> int:
 
 
 class _StreamedBody(aiohttp.payload.Payload):
-    """The body of a streamed PUT: *size* bytes from *source*, an async iterator of views that
-    may wait for the next bytes; each view is written under the idle deadline of
+    """The body of a streamed PUT: *size* bytes from *source*, an async iterator of lists of
+    views that may wait for the next bytes; each list is written under the idle deadline of
     :class:`~lexigram_storage.drivers._http.IdleBoundedPayload`. It can be written once."""
 
-    def __init__(self, source: AsyncIterator[memoryview], size: int, idle_timeout: float
-                 ) -> None:
+    def __init__(self, source: AsyncIterator[list[memoryview]], size: int,
+                 idle_timeout: float) -> None:
         super().__init__(source, content_type="application/octet-stream")
         self._size = size  # aiohttp's Content-Length
         self._source = source
@@ -1128,8 +1139,8 @@ class _StreamedBody(aiohttp.payload.Payload):
 
     async def write_with_length(self, writer: AbstractStreamWriter,
                                 content_length: int | None) -> None:
-        async for view in self._source:
-            await IdleBoundedPayload([view], self._idle_timeout).write(writer)
+        async for views in self._source:
+            await IdleBoundedPayload(views, self._idle_timeout).write(writer)
 
 
 def _file_reader(source: Any) -> Callable[[int, int], bytes] | None:
