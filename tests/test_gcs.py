@@ -184,6 +184,28 @@ async def test_memory_stays_bounded_while_a_stream_is_uploaded(
         assert head == bytes([0]) * MiB + bytes([1]) * MiB
 
 
+async def test_memory_stays_bounded_while_a_file_streams(
+        gcs_server: GcsSettings, gcs_bucket: str, tmp_path: Path) -> None:
+    """A 48 MiB file in one streamed PUT, 4 MiB parts: a few parts in memory at most."""
+    path = tmp_path / "big.bin"
+    with path.open("wb") as f:
+        for i in range(48):
+            f.write(bytes([i]) * MiB)
+    async with make_driver(gcs_server.endpoint_url, gcs_bucket, gcs_server.service_file,
+                           chunk_size=4 * MiB, resumable_threshold=4 * MiB) as driver:
+        tracemalloc.start()
+        try:
+            with path.open("rb") as f:
+                info = await driver.upload("big/file.bin", f)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert info.size == 48 * MiB
+        assert peak < 4 * 4 * MiB, f"peak {peak / MiB:.1f} MiB"
+        tail = b"".join([c async for c in driver.stream("big/file.bin", MiB, offset=47 * MiB)])
+        assert tail == bytes([47]) * MiB
+
+
 # ---------------------------------------------------------------- failures and cancellation
 
 

@@ -7,12 +7,13 @@ gcloud-aio-auth: a service-account JSON file (``credentials_path``), else Applic
 Credentials; an ``endpoint_url`` without ``credentials_path`` is an emulator and gets none.
 
 Uploads go through the shared upload engine (``drivers/_parts.py``): below
-``resumable_threshold`` one multipart request (metadata and bytes together); above it, and for
-streams of unknown size past it, a resumable upload session whose chunks (multiples of 256 KiB)
-are sent one at a time. Only the last chunk may be shorter, so a short chunk is held back and
-sent with the object's total size by the finalize request, which is the commit: nothing is stored
-before it, and a failure or cancellation before it deletes the session. ``if_none_match="*"`` is
-``ifGenerationMatch=0`` on the request that creates the object.
+``resumable_threshold`` one multipart request (metadata and bytes together); above it a
+resumable upload session (``_Resumable``): a seekable file as one streamed PUT, bytes in memory
+as one streamed PUT and a small finalize, a stream of unknown size in chunks of ``chunk_size``
+sent one at a time. The request that finalizes the upload (with the object's size) is the
+commit: nothing is stored before it, and a failure or cancellation before it deletes the
+session. ``if_none_match="*"`` is ``ifGenerationMatch=0`` on the request that creates the
+object.
 
 ``FileInfo.etag`` is the hex SHA-256 of the content on every driver: it is stored in the object
 metadata entry ``lexigram-sha256`` (hidden from the user metadata), sent with the object when
@@ -29,11 +30,11 @@ Requests that may be repeated (reads, listings, deletes, metadata patches, copie
 an upload session, single uploads without ``if_none_match``) are retried on connection failures,
 timeouts and 408/429/5xx answers, ``max_attempts`` attempts in all, waiting
 :func:`~lexigram_storage.drivers._http.retry_delay` between them (as every driver does); a
-request that never reached the server is always retried. A chunk of an upload session that
-fails so is recovered as GCS documents it: after the same wait, a status query (an empty PUT with
+request that never reached the server is always retried. A PUT of an upload session that fails
+so is resumed as GCS documents it: after the same wait, a status query (an empty PUT with
 ``Content-Range: bytes */<total or *>``) answers how many bytes the session holds (308 with a
-``Range`` header), and only the rest of the chunk, still in memory, is sent again; at most
-``max_attempts`` failed requests per chunk.
+``Range`` header), and only the rest is sent again (from the chunk still in memory, or read
+again from the caller's bytes or file); at most ``max_attempts`` failed requests per chunk.
 """
 
 from __future__ import annotations
@@ -818,7 +819,6 @@ class _Resumable:
             self.md5_b64 = _b64(await self.file_md5)
 
     async def put_part(self, number: int, pieces: list[bytes | memoryview]) -> str:
-        # in a worker thread, one part at a time: the MD5 follows the order of the bytes
         if self.file_md5 is not None:  # a file: its MD5 is known
             views = [memoryview(piece).cast("B") for piece in pieces]
             size = self.fed + sum(view.nbytes for view in views)
@@ -829,6 +829,7 @@ class _Resumable:
                 self.last = [views.pop()]
             await self._feed(views)
             return str(number)
+        # in a worker thread, one part at a time: the MD5 follows the order of the bytes
         hashing = asyncio.ensure_future(asyncio.to_thread(_hash_pieces, pieces, self.md5))
         if self.bulk is not None:  # the part streams out while it is hashed
             views = [memoryview(piece).cast("B") for piece in pieces]
