@@ -803,6 +803,8 @@ class _Resumable:
                     self.bulk = self.total
                     self.file_md5 = asyncio.ensure_future(
                         asyncio.to_thread(_md5_of_file, self.read_again, self.total))
+                    # an upload that fails before ``start`` never awaits it
+                    self.file_md5.add_done_callback(_retrieve)
 
     async def start(self, digest: str | None) -> None:
         request = self.payload.request
@@ -1169,6 +1171,12 @@ def _file_reader(source: Any) -> Callable[[int, int], bytes] | None:
         return data
 
     return from_fd
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark the outcome of *future* as seen (its exception is raised where it is awaited)."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _md5_of_file(read: Callable[[int, int], bytes], size: int) -> bytes:
