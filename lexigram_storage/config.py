@@ -163,10 +163,15 @@ class StorageGCSConfig(StorageNetworkConfig):
         None, description="API endpoint of an emulator (fake-gcs-server); without credentials_path "
         "its requests carry no credentials. Default: Google.")
     public_url: str | None = Field(None, description="Custom domain / CDN used by get_url.")
+    iam_endpoint_url: str | None = Field(
+        None, description="IAM Credentials API endpoint that signs URLs (signBlob) for credentials "
+        "without a private key. Default: Google.")
     resumable_threshold: int = Field(8 * MiB, ge=1,
                                      description="Uploads at least this big use a resumable upload (bytes).")
-    chunk_size: int = Field(8 * MiB, ge=256 * KiB, le=1024 * MiB, multiple_of=256 * KiB,
-                            description="Resumable upload chunk: a multiple of 256 KiB, sent one at a time.")
+    chunk_size: int = Field(16 * MiB, ge=256 * KiB, le=1024 * MiB, multiple_of=256 * KiB,
+                            description="Resumable uploads: the chunk (one PUT) of a stream of unknown "
+                            "size, and the part in memory while a file or bytes stream in one PUT; "
+                            "a multiple of 256 KiB.")
     max_concurrency: int = Field(8, ge=1, le=64,
                                  description="Deletes in flight at once (delete_many, clear).")
 

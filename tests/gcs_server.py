@@ -9,13 +9,19 @@ on multipart uploads, md5Hash sent with an upload is not verified, a resent resu
 appended (not placed at its offset), rewrites finish in one call, signatures are never checked.
 
 ``FaultProxy`` is a small HTTP proxy (aiohttp) that forwards to the server, records every
-request, and for chosen requests answers itself (a 503, a 403, a rewrite that is not done yet)
-or corrupts the forwarded body: the faults a real network and a real GCS produce that the
-emulator never does.
+request, and for chosen requests answers itself (a 503, a 403, a rewrite that is not done yet),
+corrupts the forwarded body, or cuts the connection after part of a chunk: the faults a real
+network and a real GCS produce that the emulator never does. It also keeps GCS's resumable
+upload protocol where fake-gcs-server does not (that server finalizes an upload on a status
+query and appends a chunk wherever it claims to start): it counts the bytes each session holds,
+answers a status query (``Content-Range: bytes */*``, or ``*/<total>`` before the session holds
+the total) itself with 308 and that count, and refuses with 400 a chunk that does not start
+where the session ends.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import threading
@@ -31,6 +37,8 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from tests.emulators import HOST, Emulator, free_port
 
@@ -66,18 +74,48 @@ class FakeGcs(Emulator):
 
 #: the access token the local token endpoint grants
 ACCESS_TOKEN = "local-test-token"
+#: the token its impersonation endpoint grants (the service account's own)
+IMPERSONATED_TOKEN = "local-impersonated-token"
 
 
 class _TokenHandler(BaseHTTPRequestHandler):
-    """Grants ``ACCESS_TOKEN`` for any OAuth token request (the JWT grant of a service
-    account); counts the grants."""
+    """The OAuth token endpoint (any grant: ``ACCESS_TOKEN``) and two IAM Credentials API
+    methods: ``generateAccessToken`` (impersonation: ``IMPERSONATED_TOKEN``) and ``signBlob``
+    (signs with the server's RSA key, RSASSA-PKCS1-v1_5 with SHA-256 as IAM does, for a caller
+    holding ``IMPERSONATED_TOKEN``; 403 when ``deny_signing`` is set)."""
+
+    server: _IamHttpServer
 
     def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        self.server.grants += 1  # type: ignore[attr-defined]
-        body = json.dumps({"access_token": ACCESS_TOKEN, "expires_in": 3600,
-                           "token_type": "Bearer"}).encode()
-        self.send_response(200)
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        path = self.path.split("?")[0]
+        if path.endswith(":generateAccessToken"):
+            self._json(200, {"accessToken": IMPERSONATED_TOKEN,
+                             "expireTime": "2099-01-01T00:00:00Z"})
+        elif path.endswith(":signBlob"):
+            self._sign(path, body)
+        else:
+            self.server.grants += 1
+            self._json(200, {"access_token": ACCESS_TOKEN, "expires_in": 3600,
+                             "token_type": "Bearer"})
+
+    def _sign(self, path: str, body: bytes) -> None:
+        email = path.rsplit("/serviceAccounts/", 1)[1].removesuffix(":signBlob")
+        self.server.sign_requests.append((email, self.headers.get("Authorization", "")))
+        if self.server.deny_signing or \
+                self.headers.get("Authorization") != f"Bearer {IMPERSONATED_TOKEN}":
+            message = ("Permission 'iam.serviceAccounts.signBlob' denied on resource "
+                       "(or it may not exist).")
+            self._json(403, {"error": {"code": 403, "message": message,
+                                       "status": "PERMISSION_DENIED"}})
+            return
+        payload = base64.b64decode(json.loads(body)["payload"])
+        signature = self.server.signing_key.sign(payload, padding.PKCS1v15(), hashes.SHA256())
+        self._json(200, {"keyId": "1", "signedBlob": base64.b64encode(signature).decode()})
+
+    def _json(self, status: int, data: dict[str, Any]) -> None:
+        body = json.dumps(data).encode()
+        self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -87,34 +125,74 @@ class _TokenHandler(BaseHTTPRequestHandler):
         return None
 
 
+class _IamHttpServer(ThreadingHTTPServer):
+    grants: int
+    deny_signing: bool
+    signing_key: rsa.RSAPrivateKey
+    sign_requests: list[tuple[str, str]]
+
+
 class TokenServer:
-    """A local OAuth token endpoint (a thread), so service-account credentials work offline."""
+    """A local OAuth token endpoint and IAM Credentials API (a thread), so service-account
+    and impersonated credentials work offline; ``signing_key`` is the key of the service
+    account that IAM signs as."""
 
     def __init__(self) -> None:
-        self.server = ThreadingHTTPServer((HOST, 0), _TokenHandler)
-        self.server.grants = 0  # type: ignore[attr-defined]
+        self.server = _IamHttpServer((HOST, 0), _TokenHandler)
+        self.server.grants = 0
+        self.server.deny_signing = False
+        self.server.signing_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.server.sign_requests = []
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
     @property
+    def base_url(self) -> str:
+        return f"http://{HOST}:{self.server.server_address[1]}"
+
+    @property
     def url(self) -> str:
-        return f"http://{HOST}:{self.server.server_address[1]}/token"
+        return f"{self.base_url}/token"
 
     @property
     def grants(self) -> int:
-        return int(self.server.grants)  # type: ignore[attr-defined]
+        return self.server.grants
+
+    @property
+    def signing_key(self) -> rsa.RSAPrivateKey:
+        return self.server.signing_key
+
+    @property
+    def sign_requests(self) -> list[tuple[str, str]]:
+        """(service account, Authorization header) of every signBlob request."""
+        return self.server.sign_requests
+
+    def deny_signing(self, deny: bool = True) -> None:
+        self.server.deny_signing = deny
 
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
 
 
+def make_impersonated_credentials_file(path: Path, server: TokenServer, email: str) -> Path:
+    """Application Default Credentials without a private key, as ``gcloud auth
+    application-default login --impersonate-service-account`` writes them: a user's refresh
+    token (exchanged at the local token endpoint) that impersonates *email* (through the local
+    IAM endpoint)."""
+    path.write_text(json.dumps({
+        "type": "impersonated_service_account", "token_uri": server.url,
+        "service_account_impersonation_url": f"{server.base_url}/v1/projects/-/"
+                                             f"serviceAccounts/{email}:generateAccessToken",
+        "source_credentials": {"type": "authorized_user", "client_id": "id",
+                               "client_secret": "secret", "refresh_token": "refresh"},
+        "delegates": []}))
+    return path
+
+
 def make_service_account_file(path: Path, token_uri: str) -> Path:
     """A throw-away service-account JSON with a fresh RSA key (signs V4 URLs offline) whose
     tokens come from *token_uri* (a local endpoint: nothing ever leaves the machine)."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption()).decode()
@@ -217,6 +295,7 @@ class _Rule:
     status: int | None = None
     answer: bytes = b""
     corrupt: bool = False
+    keep: int | None = None  # cut: forward this many bytes of the chunk, then drop the connection
 
 
 _HOP_BY_HOP = {"host", "content-length", "transfer-encoding", "connection", "keep-alive"}
@@ -233,6 +312,8 @@ class FaultProxy:
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
         self.endpoint = ""
+        #: bytes each upload session (by upload_id) holds
+        self.held: dict[str, int] = {}
 
     def answer(self, match: Callable[[Seen], bool], status: int, body: Any = b"",
                times: int = 1) -> None:
@@ -241,6 +322,11 @@ class FaultProxy:
 
     def corrupt(self, match: Callable[[Seen], bool], times: int = 1) -> None:
         self._rules.append(_Rule(match, times, corrupt=True))
+
+    def cut(self, match: Callable[[Seen], bool], keep: int, times: int = 1) -> None:
+        """Read the first *keep* bytes of a matching chunk (the rules see it without its body),
+        add them to the session as GCS would persist them, then drop the connection."""
+        self._rules.append(_Rule(match, times, keep=keep))
 
     def requests(self, method: str, path_part: str = "") -> list[Seen]:
         return [s for s in self.seen if s.method == method and path_part in s.path]
@@ -263,27 +349,82 @@ class FaultProxy:
             await self._session.close()
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        body = await request.read()
         seen = Seen(request.method, request.raw_path.split("?")[0], dict(request.query),
-                    {k.lower(): v for k, v in request.headers.items()}, body)
+                    {k.lower(): v for k, v in request.headers.items()}, b"")
+        upload_id = request.query.get("upload_id") if request.method == "PUT" else None
+        for rule in self._rules:
+            if rule.keep is not None and rule.times and upload_id and rule.match(seen):
+                rule.times -= 1
+                return await self._cut(request, seen, upload_id, rule.keep)
+        seen.body = body = await request.read()
         self.seen.append(seen)
         for rule in self._rules:
-            if rule.times and rule.match(seen):
+            if rule.keep is None and rule.times and rule.match(seen):
                 rule.times -= 1
                 if rule.status is not None:
                     return web.Response(status=rule.status, body=rule.answer,
                                         content_type="application/json")
                 if rule.corrupt and body:
                     body = bytes([body[0] ^ 0xFF]) + body[1:]
+        if upload_id:
+            refused = self._session_rules(upload_id, seen.headers.get("content-range", ""),
+                                          len(body))
+            if refused is not None:
+                return refused
+        status, content, answer = await self._forward(request, request.path_qs, body)
+        if upload_id and status in (200, 201, 308):
+            self.held[upload_id] = self.held.get(upload_id, 0) + len(body)
+        return web.Response(status=status, body=content, headers=answer)
+
+    def _session_rules(self, upload_id: str, content_range: str, size: int
+                       ) -> web.Response | None:
+        """GCS's answer to a status query, or a refusal of a chunk that does not start where
+        the session ends; ``None``: forward the request."""
+        held = self.held.get(upload_id, 0)
+        span, _, total = content_range.removeprefix("bytes ").partition("/")
+        if span == "*" and not size:
+            if total == "*" or int(total) != held:
+                headers = {"Range": f"bytes=0-{held - 1}"} if held else {}
+                return web.Response(status=308, headers=headers)
+            return None
+        first = int(span.partition("-")[0])
+        if first != held:
+            return web.json_response(status=400, data={"error": {
+                "code": 400, "message": f"proxy: the chunk starts at {first}, "
+                f"the session holds {held} bytes"}})
+        return None
+
+    async def _cut(self, request: web.Request, seen: Seen, upload_id: str,
+                   keep: int) -> web.StreamResponse:
+        """Take *keep* bytes of the chunk into the session, then drop the connection."""
+        seen.body = await request.content.readexactly(keep) if keep else b""
+        self.seen.append(seen)
+        if keep:
+            first = self.held.get(upload_id, 0)
+            headers = {k: v for k, v in request.headers.items()
+                       if k.lower() not in _HOP_BY_HOP and k.lower() != "x-goog-hash"}
+            headers["Content-Range"] = f"bytes {first}-{first + keep - 1}/*"
+            status, _, _ = await self._forward(request, request.path_qs, seen.body, headers)
+            assert status == 308, status
+            self.held[upload_id] = first + keep
+        assert request.transport is not None
+        request.transport.abort()
+        raise ConnectionResetError("the proxy cut the connection")
+
+    async def _forward(self, request: web.Request, path_qs: str, body: bytes,
+                       headers: dict[str, str] | None = None
+                       ) -> tuple[int, bytes, dict[str, str]]:
         assert self._session is not None
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
-        async with self._session.request(request.method, self.upstream + request.path_qs,
+        if headers is None:
+            headers = {k: v for k, v in request.headers.items()
+                       if k.lower() not in _HOP_BY_HOP}
+        async with self._session.request(request.method, self.upstream + path_qs,
                                          headers=headers, data=body) as upstream:
             content = await upstream.read()
             answer = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_BY_HOP}
             if "Location" in answer:  # resumable sessions continue through the proxy
                 answer["Location"] = answer["Location"].replace(self.upstream, self.endpoint, 1)
-            return web.Response(status=upstream.status, body=content, headers=answer)
+            return upstream.status, content, answer
 
 
 @pytest.fixture

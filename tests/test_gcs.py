@@ -45,11 +45,13 @@ from lexigram_storage.errors import (
 )
 from tests.gcs_server import (
     ACCESS_TOKEN,
+    IMPERSONATED_TOKEN,
     FaultProxy,
     GcsSettings,
     Seen,
     TokenServer,
     create_gcs_bucket,
+    make_impersonated_credentials_file,
 )
 
 KiB = 1024
@@ -182,6 +184,28 @@ async def test_memory_stays_bounded_while_a_stream_is_uploaded(
         assert head == bytes([0]) * MiB + bytes([1]) * MiB
 
 
+async def test_memory_stays_bounded_while_a_file_streams(
+        gcs_server: GcsSettings, gcs_bucket: str, tmp_path: Path) -> None:
+    """A 48 MiB file in one streamed PUT, 4 MiB parts: a few parts in memory at most."""
+    path = tmp_path / "big.bin"
+    with path.open("wb") as f:
+        for i in range(48):
+            f.write(bytes([i]) * MiB)
+    async with make_driver(gcs_server.endpoint_url, gcs_bucket, gcs_server.service_file,
+                           chunk_size=4 * MiB, resumable_threshold=4 * MiB) as driver:
+        tracemalloc.start()
+        try:
+            with path.open("rb") as f:
+                info = await driver.upload("big/file.bin", f)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert info.size == 48 * MiB
+        assert peak < 4 * 4 * MiB, f"peak {peak / MiB:.1f} MiB"
+        tail = b"".join([c async for c in driver.stream("big/file.bin", MiB, offset=47 * MiB)])
+        assert tail == bytes([47]) * MiB
+
+
 # ---------------------------------------------------------------- failures and cancellation
 
 
@@ -227,23 +251,195 @@ async def test_a_cancelled_upload_deletes_the_session(watched: GCSDriver,
     assert await watched.download("a/key.bin") == b"old object"
 
 
-async def test_a_failed_chunk_is_not_resent_and_aborts(watched: GCSDriver,
-                                                       gcs_proxy: FaultProxy) -> None:
-    """fake-gcs-server appends a resent chunk instead of placing it at its offset, and real
-    GCS may have kept part of it: a failed chunk ends the upload (nothing stored)."""
-    await watched.upload("a/key.bin", b"old object")
+async def test_a_file_is_one_streamed_put_carrying_its_md5(
+        watched: GCSDriver, gcs_proxy: FaultProxy, tmp_path: Path) -> None:
+    raw = os.urandom(5 * CHUNK + 100)
+    path = tmp_path / "f.bin"
+    path.write_bytes(raw)
+    with path.open("rb") as f:
+        info = await watched.upload("k/file.bin", f)
+    [put] = gcs_proxy.requests("PUT", "/upload/")
+    assert put.headers["content-range"] == f"bytes 0-{len(raw) - 1}/{len(raw)}"
+    assert put.headers["x-goog-hash"] == f"md5={md5_b64(raw)}"
+    assert put.body == raw
+    assert info.etag == sha256(raw)
+    assert await watched.download("k/file.bin") == raw
+
+
+async def test_bytes_are_one_streamed_put_and_a_small_finalize(
+        watched: GCSDriver, gcs_proxy: FaultProxy) -> None:
+    raw = os.urandom(5 * CHUNK + 100)
+    info = await watched.upload("k/bytes.bin", raw)
+    assert chunk_puts(gcs_proxy) == [f"bytes 0-{5 * CHUNK - 1}/*",
+                                     f"bytes {5 * CHUNK}-{len(raw) - 1}/{len(raw)}"]
+    streamed, final = gcs_proxy.requests("PUT", "/upload/")
+    assert streamed.body == raw[:5 * CHUNK] and "x-goog-hash" not in streamed.headers
+    assert final.headers["x-goog-hash"] == f"md5={md5_b64(raw)}"
+    assert info.etag == sha256(raw)
+    assert await watched.download("k/bytes.bin") == raw
+
+
+@pytest.mark.parametrize("source", ["bytes", "file"])
+async def test_a_streamed_put_cut_midway_resumes_where_the_session_ends(
+        watched: GCSDriver, gcs_proxy: FaultProxy, tmp_path: Path, source: str) -> None:
+    """The connection drops after 2 of 6 blocks; the rest is read again (from the caller's
+    bytes, or from the file at its offset) and sent from where the session ends."""
+    raw = os.urandom(6 * CHUNK + 9)
+    size = len(raw)
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"skipped" + raw)
+    gcs_proxy.cut(lambda s: is_chunk(s) and s.headers["content-range"].startswith("bytes 0-"),
+                  keep=2 * CHUNK)
+    if source == "file":
+        with path.open("rb") as f:
+            f.seek(7)
+            info = await watched.upload("k/cut.bin", f)
+        # the streamed PUT of a file finalizes the upload: its status query names the size
+        assert chunk_puts(gcs_proxy) == [
+            f"bytes 0-{size - 1}/{size}", f"bytes */{size}", f"bytes {2 * CHUNK}-{size - 1}/{size}"]
+        assert gcs_proxy.requests("PUT", "/upload/")[2].body == raw[2 * CHUNK:]
+        assert {s.headers["x-goog-hash"] for s in gcs_proxy.requests("PUT", "/upload/")} == \
+            {f"md5={md5_b64(raw)}"}
+    else:
+        info = await watched.upload("k/cut.bin", raw)
+        assert chunk_puts(gcs_proxy) == [
+            f"bytes 0-{6 * CHUNK - 1}/*", "bytes */*", f"bytes {2 * CHUNK}-{6 * CHUNK - 1}/*",
+            f"bytes {6 * CHUNK}-{size - 1}/{size}"]
+        assert gcs_proxy.requests("PUT", "/upload/")[2].body == raw[2 * CHUNK:6 * CHUNK]
+    assert info.etag == sha256(raw)
+    assert sha256(await watched.download("k/cut.bin")) == sha256(raw)
+
+
+async def test_a_streamed_put_that_keeps_failing_ends_the_upload(
+        watched: GCSDriver, gcs_proxy: FaultProxy) -> None:
+    await watched.upload("k/key.bin", b"old object")
+    gcs_proxy.answer(lambda s: is_chunk(s) and s.headers["content-range"].endswith("/*")
+                     and not s.headers["content-range"].startswith("bytes */"), 503,
+                     {"error": {"code": 503, "message": "backend error"}}, times=9)
+    with pytest.raises(StorageUnavailableError) as exc:
+        await watched.upload("k/key.bin", os.urandom(4 * CHUNK))
+    assert exc.value.details["status"] == 503
+    assert chunk_puts(gcs_proxy) == [f"bytes 0-{3 * CHUNK - 1}/*", "bytes */*"] * 2 + [
+        f"bytes 0-{3 * CHUNK - 1}/*"]
+    assert [s for s in gcs_proxy.requests("DELETE") if "upload_id" in s.query]
+    assert await watched.download("k/key.bin") == b"old object"
+
+
+def md5_b64(data: bytes) -> str:
+    return base64.b64encode(hashlib.md5(data).digest()).decode()
+
+
+def finalizes(seen: Seen) -> bool:
+    return is_chunk(seen) and not seen.headers["content-range"].endswith("/*")
+
+
+GCS_MD5_MISMATCH = {"error": {"code": 400, "message": (
+    'Provided MD5 hash "n8mVlrc0lmnHu7J8Ye81iA==" doesn\'t match calculated MD5 hash '
+    '"1B2M2Y8AsgTpgAmY7PhCfg==".'), "errors": [{"domain": "global", "reason": "invalid",
+    "message": 'Provided MD5 hash "n8mVlrc0lmnHu7J8Ye81iA==" doesn\'t match calculated MD5 '
+               'hash "1B2M2Y8AsgTpgAmY7PhCfg==".'}]}}
+
+
+async def test_a_chunk_answered_503_is_resent_after_a_status_query(
+        watched: GCSDriver, gcs_proxy: FaultProxy) -> None:
+    raw = os.urandom(3 * CHUNK + 10)
     gcs_proxy.answer(lambda s: is_chunk(s) and s.headers["content-range"].startswith(
         f"bytes {CHUNK}-"), 503, {"error": {"code": 503, "message": "backend error"}})
+    info = await watched.upload("a/resent.bin", chunked(raw, 64 * KiB))
+    assert chunk_puts(gcs_proxy) == [
+        f"bytes 0-{CHUNK - 1}/*", f"bytes {CHUNK}-{2 * CHUNK - 1}/*",  # the 503
+        "bytes */*",  # the status query: the session holds the first chunk
+        f"bytes {CHUNK}-{2 * CHUNK - 1}/*", f"bytes {2 * CHUNK}-{3 * CHUNK - 1}/*",
+        f"bytes {3 * CHUNK}-{len(raw) - 1}/{len(raw)}"]
+    assert info.etag == sha256(raw)
+    assert sha256(await watched.download("a/resent.bin")) == sha256(raw)
+
+
+async def test_a_chunk_cut_mid_body_resends_only_what_the_server_lacks(
+        watched: GCSDriver, gcs_proxy: FaultProxy) -> None:
+    """The connection drops after the server persisted half of a 512 KiB chunk, then again
+    during the finalize: each time the status query says where the session ends, and only
+    the rest is sent (from the chunk still in memory)."""
+    raw = os.urandom(5 * CHUNK + 123)
+    async with make_driver(gcs_proxy.endpoint, watched.bucket, None, chunk_size=2 * CHUNK,
+                           resumable_threshold=2 * CHUNK) as driver:
+        gcs_proxy.cut(lambda s: is_chunk(s) and s.headers["content-range"].startswith(
+            f"bytes {2 * CHUNK}-"), keep=CHUNK)
+        gcs_proxy.cut(finalizes, keep=0)
+        info = await driver.upload("a/cut.bin", chunked(raw, 100 * KiB), "text/x-cut")
+    size = len(raw)
+    assert chunk_puts(gcs_proxy) == [
+        f"bytes 0-{2 * CHUNK - 1}/*",
+        f"bytes {2 * CHUNK}-{4 * CHUNK - 1}/*", "bytes */*",  # cut after 256 KiB
+        f"bytes {3 * CHUNK}-{4 * CHUNK - 1}/*",  # only the second half again
+        f"bytes {4 * CHUNK}-{size - 1}/{size}", f"bytes */{size}",  # cut before any byte
+        f"bytes {4 * CHUNK}-{size - 1}/{size}"]
+    assert info.size == size
+    assert sha256(await watched.download("a/cut.bin")) == sha256(raw) == info.etag
+    assert (await watched.info("a/cut.bin")).content_type == "text/x-cut"
+
+
+async def test_a_chunk_that_keeps_failing_ends_the_upload_after_max_attempts(
+        watched: GCSDriver, gcs_proxy: FaultProxy) -> None:
+    await watched.upload("a/key.bin", b"old object")
+    gcs_proxy.answer(lambda s: is_chunk(s) and s.headers["content-range"].startswith(
+        f"bytes {CHUNK}-"), 503, {"error": {"code": 503, "message": "backend error"}}, times=9)
     with pytest.raises(StorageUnavailableError) as exc:
-        await watched.upload("a/key.bin", os.urandom(3 * CHUNK))
+        await watched.upload("a/key.bin", chunked(os.urandom(3 * CHUNK), CHUNK))
     assert exc.value.details["status"] == 503
-    assert chunk_puts(gcs_proxy) == [f"bytes 0-{CHUNK - 1}/*", f"bytes {CHUNK}-{2 * CHUNK - 1}/*"]
+    sends = [r for r in chunk_puts(gcs_proxy) if r.startswith(f"bytes {CHUNK}-")]
+    assert len(sends) == watched.max_attempts
+    assert chunk_puts(gcs_proxy).count("bytes */*") == watched.max_attempts - 1
     assert [s for s in gcs_proxy.requests("DELETE") if "upload_id" in s.query]
     assert await watched.download("a/key.bin") == b"old object"
 
 
+async def test_the_finalize_carries_the_md5_of_the_whole_content(
+        watched: GCSDriver, gcs_proxy: FaultProxy) -> None:
+    for raw in (os.urandom(2 * CHUNK + 77), os.urandom(2 * CHUNK)):  # short last chunk, aligned
+        gcs_proxy.seen.clear()
+        await watched.upload("h/hashed.bin", chunked(raw, 50 * KiB))
+        [final] = [s for s in gcs_proxy.seen if finalizes(s)]
+        assert final.headers["x-goog-hash"] == f"md5={md5_b64(raw)}"
+        assert all("x-goog-hash" not in s.headers for s in gcs_proxy.seen if s is not final)
+
+
+async def test_a_finalize_rejected_for_its_md5_keeps_the_previous_object(
+        watched: GCSDriver, gcs_proxy: FaultProxy) -> None:
+    """GCS compares the X-Goog-Hash of the finalize with what it received and refuses to
+    store the object (400 invalid); the proxy answers as GCS does."""
+    await watched.upload("h/key.bin", b"previous version")
+    gcs_proxy.answer(finalizes, 400, GCS_MD5_MISMATCH)
+    raw = os.urandom(2 * CHUNK + 5)
+    with pytest.raises(ChecksumMismatchError) as exc:
+        await watched.upload("h/key.bin", raw)
+    assert (exc.value.backend, exc.value.key) == ("gcs-test", "h/key.bin")
+    assert exc.value.details["algorithm"] == "md5"
+    assert exc.value.details["status"] == 400
+    assert "doesn't match calculated MD5" in str(exc.value)
+    [final] = [s for s in gcs_proxy.seen if finalizes(s)]
+    assert final.headers["x-goog-hash"] == f"md5={md5_b64(raw)}"
+    assert [s for s in gcs_proxy.requests("DELETE") if "upload_id" in s.query]
+    assert not [s for s in gcs_proxy.requests("DELETE") if "upload_id" not in s.query]
+    assert await watched.download("h/key.bin") == b"previous version"
+
+
+async def test_a_single_upload_rejected_for_its_md5_is_a_checksum_mismatch(
+        watched: GCSDriver, gcs_proxy: FaultProxy) -> None:
+    await watched.upload("h/small.txt", b"previous")
+    gcs_proxy.answer(lambda s: s.method == "POST" and "/upload/" in s.path, 400,
+                     GCS_MD5_MISMATCH)
+    with pytest.raises(ChecksumMismatchError) as exc:
+        await watched.upload("h/small.txt", b"new bytes")
+    assert exc.value.key == "h/small.txt"
+    assert len(gcs_proxy.requests("POST", "/upload/")) == 2  # a 400 is not retried
+    assert await watched.download("h/small.txt") == b"previous"
+
+
 async def test_a_corrupted_chunk_is_detected_by_the_servers_md5(
         watched: GCSDriver, gcs_proxy: FaultProxy) -> None:
+    """The second line, for a server that ignores X-Goog-Hash (fake-gcs-server 1.54 stores
+    the corrupted bytes): the MD5 it reports for them differs, and the object is removed."""
     gcs_proxy.corrupt(is_chunk)
     with pytest.raises(ChecksumMismatchError, match="md5") as exc:
         await watched.upload("a/corrupt.bin", os.urandom(2 * CHUNK + 1))
@@ -440,6 +636,67 @@ async def test_no_signed_url_without_a_key(gcs_server: GcsSettings, gcs_bucket: 
             await anonymous.get_presigned_url("k.txt", 60)
         assert "no credentials to sign with" in exc.value.message
         assert "credentials_path" in (exc.value.hint or "")
+
+
+async def test_urls_signed_through_iam_sign_blob_under_keyless_credentials(
+        gcs_server: GcsSettings, gcs_bucket: str, tmp_path: Path) -> None:
+    """Impersonated Application Default Credentials hold no private key: the driver asks the
+    IAM Credentials API (a local one, signing with a key the test made) to sign as the service
+    account; the signature is checked with that key's public half, and the emulator serves
+    the URLs."""
+    email = "signer@test.iam.gserviceaccount.com"
+    iam = TokenServer()
+    try:
+        adc = make_impersonated_credentials_file(tmp_path / "adc.json", iam, email)
+        async with make_driver(gcs_server.endpoint_url, gcs_bucket, str(adc),
+                               iam_endpoint_url=iam.base_url) as driver:
+            await driver.upload("iam/report.csv", b"a,b\n")
+            url = await driver.get_presigned_url("iam/report.csv", 120,
+                                                 response_content_type="text/plain")
+            put_url = await driver.get_presigned_url("iam/up.txt", 120, "PUT",
+                                                     content_type="text/plain")
+            assert driver._private_key is None  # nothing was signed locally
+        public = iam.signing_key.public_key()
+        query = verify_v4_signature(url, "GET", public)
+        assert query["X-Goog-Credential"].split("/")[0] == email
+        assert query["response-content-type"] == "text/plain"
+        verify_v4_signature(put_url, "PUT", public, {"Content-Type": "text/plain"})
+        with pytest.raises(InvalidSignature):  # another key did not sign it
+            verify_v4_signature(url, "GET", rsa.generate_private_key(
+                public_exponent=65537, key_size=2048).public_key())
+        # as the service account, with the token its impersonation granted
+        assert iam.sign_requests == [(email, f"Bearer {IMPERSONATED_TOKEN}")] * 2
+        async with aiohttp.ClientSession() as http:
+            async with http.get(url) as response:
+                assert (response.status, await response.read()) == (200, b"a,b\n")
+            async with http.put(put_url, data=b"put through IAM",
+                                headers={"Content-Type": "text/plain"}) as response:
+                assert response.status == 200
+        async with make_driver(gcs_server.endpoint_url, gcs_bucket, None) as reader:
+            assert await reader.download("iam/up.txt") == b"put through IAM"
+    finally:
+        iam.close()
+
+
+async def test_iam_refusing_to_sign_gives_no_url(
+        gcs_server: GcsSettings, gcs_bucket: str, tmp_path: Path) -> None:
+    email = "signer@test.iam.gserviceaccount.com"
+    iam = TokenServer()
+    iam.deny_signing()
+    try:
+        adc = make_impersonated_credentials_file(tmp_path / "adc.json", iam, email)
+        async with make_driver(gcs_server.endpoint_url, gcs_bucket, str(adc),
+                               iam_endpoint_url=iam.base_url) as driver:
+            with pytest.raises(StoragePermissionError) as exc:
+                await driver.get_presigned_url("iam/report.csv", 120)
+        assert "signBlob" in str(exc.value) and email in str(exc.value)
+        assert "403" in str(exc.value) and "denied" in str(exc.value)
+        assert "roles/iam.serviceAccountTokenCreator" in (exc.value.hint or "")
+        assert exc.value.details["status"] == 403
+        assert isinstance(exc.value.__cause__, aiohttp.ClientResponseError)
+        assert len(iam.sign_requests) == 1  # a refusal is not retried
+    finally:
+        iam.close()
 
 
 async def test_get_url_forms(gcs_server: GcsSettings) -> None:

@@ -7,26 +7,34 @@ gcloud-aio-auth: a service-account JSON file (``credentials_path``), else Applic
 Credentials; an ``endpoint_url`` without ``credentials_path`` is an emulator and gets none.
 
 Uploads go through the shared upload engine (``drivers/_parts.py``): below
-``resumable_threshold`` one multipart request (metadata and bytes together); above it, and for
-streams of unknown size past it, a resumable upload session whose chunks (multiples of 256 KiB)
-are sent one at a time. Only the last chunk may be shorter, so a short chunk is held back and
-sent with the object's total size by the finalize request, which is the commit: nothing is stored
-before it, and a failure or cancellation before it deletes the session. ``if_none_match="*"`` is
-``ifGenerationMatch=0`` on the request that creates the object.
+``resumable_threshold`` one multipart request (metadata and bytes together); above it a
+resumable upload session (``_Resumable``): a seekable file as one streamed PUT, bytes in memory
+as one streamed PUT and a small finalize, a stream of unknown size in chunks of ``chunk_size``
+sent one at a time. The request that finalizes the upload (with the object's size) is the
+commit: nothing is stored before it, and a failure or cancellation before it deletes the
+session. ``if_none_match="*"`` is ``ifGenerationMatch=0`` on the request that creates the
+object.
 
 ``FileInfo.etag`` is the hex SHA-256 of the content on every driver: it is stored in the object
 metadata entry ``lexigram-sha256`` (hidden from the user metadata), sent with the object when
 known upfront (bytes, seekable files) and otherwise added by a metadata patch guarded by the
-object's generation. The MD5 of the bytes sent is given to the server (``md5Hash``, which GCS
-verifies on single requests) and compared with the ``md5Hash`` the server reports for what it
-stored; a mismatch raises ``ChecksumMismatchError`` and removes that object.
+object's generation. The MD5 of the bytes sent is given to the server, which verifies it before
+it stores anything: ``md5Hash`` in the resource of a single request, ``X-Goog-Hash: md5=...`` on
+the request that finalizes a resumable upload. GCS answers a mismatch with 400 (``invalid``,
+"Provided MD5 hash ... doesn't match calculated MD5 hash ..."), the object is not replaced, and
+the upload raises ``ChecksumMismatchError``. For servers that ignore the hash (fake-gcs-server
+1.54), the ``md5Hash`` the server reports for what it stored is compared too: a mismatch there
+raises ``ChecksumMismatchError`` and removes that object.
 
 Requests that may be repeated (reads, listings, deletes, metadata patches, copies, the start of
 an upload session, single uploads without ``if_none_match``) are retried on connection failures,
 timeouts and 408/429/5xx answers, ``max_attempts`` attempts in all, waiting
 :func:`~lexigram_storage.drivers._http.retry_delay` between them (as every driver does); a
-request that never reached the server is always retried. Chunks of an upload session are not: a
-failed chunk aborts the upload.
+request that never reached the server is always retried. A PUT of an upload session that fails
+so is resumed as GCS documents it: after the same wait, a status query (an empty PUT with
+``Content-Range: bytes */<total or *>``) answers how many bytes the session holds (308 with a
+``Range`` header), and only the rest is sent again (from the chunk still in memory, or read
+again from the caller's bytes or file); at most ``max_attempts`` failed requests per chunk.
 """
 
 from __future__ import annotations
@@ -34,8 +42,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import io
 import json
+import os
 import random
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -45,7 +56,7 @@ from urllib.parse import quote, urlsplit
 from lexigram.contracts.infra.storage import StorageError
 
 from lexigram_storage.config import StorageGCSConfig, settings_from
-from lexigram_storage.drivers._http import idle_bounded_body, retry_delay
+from lexigram_storage.drivers._http import IdleBoundedPayload, idle_bounded_body, retry_delay
 from lexigram_storage.drivers._parts import PartRules, upload
 from lexigram_storage.drivers.base import BaseDriver, await_to_end, create_only_conflict
 from lexigram_storage.errors import (
@@ -65,9 +76,11 @@ from lexigram_storage.payload import DEFAULT_CONTENT_TYPE, Payload, UploadPolicy
 
 try:
     import aiohttp
+    import aiohttp.payload
+    from aiohttp.abc import AbstractStreamWriter
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import padding, rsa
-    from gcloud.aio.auth import IamClient, Token
+    from gcloud.aio.auth import Token
     from gcloud.aio.auth.token import Type as TokenType
     from multidict import CIMultiDictProxy
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
@@ -88,12 +101,16 @@ MAX_OBJECT_SIZE = 5 * 1024 * GiB
 #: the metadata entry holding the hex SHA-256 of the content (the same name as on S3)
 DIGEST_METADATA_KEY = "lexigram-sha256"
 GOOGLE_API = "https://storage.googleapis.com"
+#: the IAM Credentials API (``signBlob``)
+IAM_API = "https://iamcredentials.googleapis.com"
 SIGNING_HOST = "storage.googleapis.com"
 #: one scope for the JSON API and for IAM signBlob
 SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
 _GCE_EMAIL_URL = ("http://metadata.google.internal/computeMetadata/v1/instance/"
                   "service-accounts/default/email")
 _RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+# GCS's 400 for an upload whose MD5 or CRC32C differs from the one sent with it
+_HASH_REJECTED = re.compile(r"doesn't match calculated (MD5|CRC32C)", re.IGNORECASE)
 _MEDIA = {"alt": "media"}
 _SLICE = 256 * KiB
 _JSON = "application/json; charset=UTF-8"
@@ -135,6 +152,8 @@ def map_gcs_error(exc: BaseException, backend: str, bucket: str, key: str | None
     404 to an object request                      ``StorageFileNotFoundError``
     401, 403; no access token obtainable          ``StoragePermissionError``
     412 (``conditionNotMet``)                     ``PreconditionFailedError``
+    400 "Provided MD5 hash / CRC32C ... doesn't   ``ChecksumMismatchError``
+    match calculated ..." (nothing stored)
     408, 429, 5xx; connection refused/reset/      ``StorageUnavailableError``
     closed, connect and read timeouts
     any other 4xx; a 404 for an upload session    ``StorageRequestRejectedError``
@@ -163,6 +182,12 @@ def map_gcs_error(exc: BaseException, backend: str, bucket: str, key: str | None
         if status == 412:
             return PreconditionFailedError(text, backend=backend, key=key, details=details,
                                            cause=exc)
+        mismatch = _HASH_REJECTED.search(exc.message) if status == 400 else None
+        if mismatch is not None:
+            return ChecksumMismatchError(
+                f"the server received other bytes than were sent and stored nothing ({text})",
+                backend=backend, key=key, cause=exc,
+                details={**details, "algorithm": mismatch.group(1).lower()})
         if status in _RETRY_STATUSES or status >= 500:
             return StorageUnavailableError(text, backend=backend, key=key, details=details,
                                            cause=exc)
@@ -208,6 +233,8 @@ class GCSDriver(BaseDriver):
             Credentials (or, with ``endpoint_url``, no credentials).
         endpoint_url: the API endpoint of an emulator (``http://127.0.0.1:4443``).
         public_url: custom domain / CDN used by ``get_url``.
+        iam_endpoint_url: the IAM Credentials API that signs URLs (``signBlob``) for credentials
+            without a private key (default: Google's).
         resumable_threshold: uploads of at least this many bytes use a resumable upload.
         chunk_size: the resumable chunk size, a multiple of 256 KiB.
         max_concurrency: deletes in flight at once in ``delete_many`` and ``clear``.
@@ -228,8 +255,9 @@ class GCSDriver(BaseDriver):
         *,
         endpoint_url: str | None = None,
         public_url: str | None = None,
+        iam_endpoint_url: str | None = None,
         resumable_threshold: int = 8 * MiB,
-        chunk_size: int = 8 * MiB,
+        chunk_size: int = 16 * MiB,
         max_concurrency: int = 8,
         connect_timeout: float = 10.0,
         read_timeout: float = 60.0,
@@ -248,6 +276,7 @@ class GCSDriver(BaseDriver):
         self.credentials_path = settings.credentials_path
         self.endpoint_url = settings.endpoint_url.rstrip("/") if settings.endpoint_url else None
         self.public_url = settings.public_url.rstrip("/") if settings.public_url else None
+        self.iam_endpoint_url = (settings.iam_endpoint_url or IAM_API).rstrip("/")
         self.resumable_threshold = settings.resumable_threshold
         self.chunk_size = settings.chunk_size
         self.max_concurrency = settings.max_concurrency
@@ -275,9 +304,16 @@ class GCSDriver(BaseDriver):
 
     def _new_session(self) -> aiohttp.ClientSession:
         """The driver's HTTP session (every request goes through it), with the shared timeouts:
-        ``connect_timeout`` to connect, ``read_timeout`` between answer bytes."""
-        return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(
+        ``connect_timeout`` to connect, ``read_timeout`` between answer bytes.
+
+        aiohttp silently sends a PUT, GET or DELETE again, once, when its connection drops;
+        that is turned off (aiohttp has no public switch): the driver decides what is sent
+        again, and a chunk cut mid-body must be resent from where the session ends, not
+        from its start."""
+        session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(
             total=None, sock_connect=self.connect_timeout, sock_read=self.read_timeout))
+        session._retry_connection = False
+        return session
 
     def _client(self) -> aiohttp.ClientSession:
         session = self._session
@@ -408,15 +444,20 @@ class GCSDriver(BaseDriver):
             metadata=dict(request.metadata), cache_control=request.cache_control,
         )
 
-    async def _verify_stored(self, key: str, resource: dict[str, Any], md5: str) -> None:
-        """Compare the MD5 the server reports for the stored object with that of the bytes
-        sent; on a mismatch remove that object (guarded by its generation) and raise."""
-        stored = resource.get("md5Hash")
-        if not stored or stored == md5:
-            return
+    async def _remove_stored(self, key: str, resource: dict[str, Any]) -> None:
+        """Delete the object an upload just stored (only that generation of it)."""
         await self._call("DELETE", self._object_url(key),
                          params={"ifGenerationMatch": str(resource.get("generation"))},
                          idempotent=True, accept=(404, 412))
+
+    async def _verify_stored(self, key: str, resource: dict[str, Any], md5: str) -> None:
+        """Compare the MD5 the server reports for the stored object with that of the bytes
+        sent (the second line, for servers that ignore the hash sent with the upload); on a
+        mismatch remove that object (guarded by its generation) and raise."""
+        stored = resource.get("md5Hash")
+        if not stored or stored == md5:
+            return
+        await self._remove_stored(key, resource)
         raise ChecksumMismatchError(
             f"the server stored different bytes (md5 {_hex(stored)}) than were sent "
             f"(md5 {_hex(md5)}); the object was removed", backend=self.name, key=key,
@@ -426,10 +467,13 @@ class GCSDriver(BaseDriver):
 
     @property
     def part_rules(self) -> PartRules:
-        """How uploads are cut into chunks (the shared upload engine's settings)."""
+        """How uploads are cut into chunks (the shared upload engine's settings). A file is
+        read 1 MiB at a time: its parts stream into one PUT piece by piece, and smaller
+        buffers from the worker threads keep the peak RSS down."""
         return PartRules(threshold=self.resumable_threshold, part_size=self.chunk_size,
                          max_concurrency=1, max_part_size=1024 * MiB, max_parts=1 << 31,
-                         align=CHUNK_ALIGN, abort_timeout=self.connect_timeout + self.read_timeout)
+                         align=CHUNK_ALIGN, abort_timeout=self.connect_timeout + self.read_timeout,
+                         file_read_size=MiB)
 
     async def _write(self, key: str, payload: Payload) -> ObjectInfo:
         async def put_whole(body: bytes) -> dict[str, Any]:
@@ -627,8 +671,9 @@ class GCSDriver(BaseDriver):
                 f"&X-Goog-Signature={signature}")
 
     async def _signer(self) -> tuple[str, Callable[[bytes], Awaitable[bytes]]]:
-        """The service account that signs URLs and how: locally with its key, or by IAM."""
-        session = self._client()
+        """The service account that signs URLs and how: locally with its key, or by the IAM
+        Credentials API (``signBlob``, at ``iam_endpoint_url``) as the service account the
+        credentials act as (impersonated, or the machine's)."""
         token = self._credentials()
         if token is None:
             raise unsupported(self.name, "get_presigned_url (no credentials to sign with)",
@@ -647,13 +692,33 @@ class GCSDriver(BaseDriver):
                 self.name, f"get_presigned_url ({token.token_type.value} credentials hold no "
                 "service-account key and cannot sign through IAM)",
                 hint="Use a service-account key (credentials_path) or run as a service account.")
-        iam = IamClient(token=token, session=session)  # type: ignore[arg-type]
-        email = iam.service_account_email or await self._metadata_email()
+        email = (str(data.get("client_email") or "") or _impersonated_email(token.impersonation_uri)
+                 or await self._metadata_email())
+        url = (f"{self.iam_endpoint_url}/v1/projects/-/serviceAccounts/"
+               f"{quote(email, safe='@')}:signBlob")
 
         async def sign_by_iam(blob: bytes) -> bytes:
-            signed = await iam.sign_blob(blob, service_account_email=email,
-                                         session=session)  # type: ignore[arg-type]
-            return base64.b64decode(signed["signedBlob"])
+            try:
+                reply = await self._call(
+                    "POST", url, data=json.dumps({"payload": _b64(blob)}).encode(),
+                    headers={"Content-Type": _JSON}, idempotent=True)
+                return base64.b64decode(reply.data["signedBlob"], validate=True)
+            except GCSResponseError as exc:
+                why = f"IAM signBlob for {email} answered {exc.status}: {exc.message}"
+                if exc.status in (401, 403):
+                    raise StoragePermissionError(
+                        f"cannot sign the URL: {why}", backend=self.name,
+                        details={"status": exc.status, "error_code": exc.reason_code or None},
+                        cause=exc,
+                        hint=f"Grant roles/iam.serviceAccountTokenCreator on {email} to the "
+                             "credentials, or use a service-account key (credentials_path)."
+                    ) from exc
+                if exc.status in _RETRY_STATUSES:
+                    raise
+                raise unsupported(self.name, f"get_presigned_url ({why})") from exc
+            except (KeyError, ValueError, TypeError) as exc:
+                raise unsupported(self.name, "get_presigned_url (IAM signBlob answered "
+                                  f"without a signature: {exc!r})") from exc
 
         return email, sign_by_iam
 
@@ -687,11 +752,25 @@ class GCSDriver(BaseDriver):
 class _Resumable:
     """One resumable upload session: the upload engine's part sink.
 
-    Chunks go out one at a time (``PartRules.max_concurrency`` is 1), each a multiple of
-    256 KiB; the engine's parts are aligned, so only the last can be short: it is held back and
-    sent by ``complete`` with the total size (else ``complete`` sends an empty finalize). A
-    chunk is sent as the engine's pieces, in slices, with its Content-Length (never joined
-    into one buffer). The running MD5 of the bytes is compared with the server's at the end."""
+    The engine hands over the bytes in order, one part at a time (``PartRules.max_concurrency``
+    is 1, parts are multiples of 256 KiB but the last). Only the request that finalizes the
+    upload carries the object's size and the MD5 of the whole content (``X-Goog-Hash``), so it
+    carries the last bytes: nothing is stored before it.
+
+    * A seekable file is one streamed PUT that finalizes the upload: the engine's parts flow
+      into its body while it is sent (a few parts in memory), and its MD5 is computed before
+      (a pass over the file in a worker thread, beside the engine's SHA-256 pass).
+    * Bytes in memory go as one streamed PUT of all their 256 KiB blocks but the last, then the
+      finalize with the rest (at most 256 KiB) and the MD5 computed meanwhile.
+    * If a streamed PUT fails, the session's status says where to resume, and the missing
+      bytes are read again (from the caller's bytes, or from the file at its offset).
+    * A stream of unknown size goes in chunks of ``chunk_size``, each its own PUT with its
+      Content-Length, sent as the engine's pieces (never joined into one buffer); a short last
+      chunk is held back for the finalize (else the finalize is empty). A failed chunk is sent
+      again from the chunk still in memory (``_send``).
+
+    The MD5 goes with the finalize and is compared with the MD5 the server reports for the
+    stored object."""
 
     def __init__(self, driver: GCSDriver, key: str, payload: Payload) -> None:
         self.driver = driver
@@ -701,6 +780,31 @@ class _Resumable:
         self.offset = 0  # bytes the server has persisted
         self.last: list[bytes | memoryview] = []
         self.md5 = hashlib.md5(usedforsecurity=False)
+        # a payload of known size whose bytes can be read again goes as one streamed PUT of
+        # ``bulk`` bytes (a file: all; bytes: every 256 KiB block but the last)
+        self.total = payload.size_hint
+        self.bulk: int | None = None
+        self.fed = 0  # bytes handed to the streamed PUT
+        self.kept: list[memoryview] | None = None  # in-memory payloads: the bytes, as views
+        self.read_again: Callable[[int, int], bytes] | None = None
+        self.file_md5: asyncio.Future[bytes] | None = None  # a file's MD5, computed upfront
+        self.md5_b64 = ""  # the MD5 of the whole content, known at the finalize
+        self.stream: asyncio.Task[_Reply] | None = None
+        self.queue: asyncio.Queue[list[memoryview]] = asyncio.Queue(maxsize=1)
+        self.final: _Reply | None = None  # the answer that finalized the upload
+        self.failures = 0
+        if self.total is not None:
+            if payload.source_file is None:
+                self.kept = []
+                self.bulk = (self.total - 1) // CHUNK_ALIGN * CHUNK_ALIGN
+            elif self.total >= driver.resumable_threshold:
+                self.read_again = _file_reader(payload.source_file)
+                if self.read_again is not None:
+                    self.bulk = self.total
+                    self.file_md5 = asyncio.ensure_future(
+                        asyncio.to_thread(_md5_of_file, self.read_again, self.total))
+                    # an upload that fails before ``start`` never awaits it
+                    self.file_md5.add_done_callback(_retrieve)
 
     async def start(self, digest: str | None) -> None:
         request = self.payload.request
@@ -713,10 +817,33 @@ class _Resumable:
             headers={"Content-Type": _JSON, "X-Upload-Content-Type": request.content_type},
             idempotent=True)
         self.url = reply.headers["Location"]
+        if self.file_md5 is not None:
+            self.md5_b64 = _b64(await self.file_md5)
 
     async def put_part(self, number: int, pieces: list[bytes | memoryview]) -> str:
-        # in a worker thread, one chunk at a time: the MD5 follows the order of the bytes
-        await asyncio.to_thread(_hash_pieces, pieces, self.md5)
+        if self.file_md5 is not None:  # a file: its MD5 is known
+            views = [memoryview(piece).cast("B") for piece in pieces]
+            size = self.fed + sum(view.nbytes for view in views)
+            if self.total is not None and size > self.total:
+                raise StorageError(f"{self.driver.name}: the file uploaded to {self.key!r} "
+                                   f"grew while it was read (past {self.total} bytes)")
+            if size == self.total:  # its last bytes complete the upload: ``complete`` sends them
+                self.last = [views.pop()]
+            await self._feed(views)
+            return str(number)
+        # in a worker thread, one part at a time: the MD5 follows the order of the bytes
+        hashing = asyncio.ensure_future(asyncio.to_thread(_hash_pieces, pieces, self.md5))
+        if self.bulk is not None:  # the part streams out while it is hashed
+            views = [memoryview(piece).cast("B") for piece in pieces]
+            streamed = _before(views, self.bulk - self.fed)
+            self.last.extend(_after(views, sum(view.nbytes for view in streamed)))
+            if streamed:
+                if self.kept is not None:
+                    self.kept.extend(streamed)
+                await self._feed(streamed)
+            await hashing
+            return str(number)
+        await hashing
         if sum(len(piece) for piece in pieces) % CHUNK_ALIGN:
             self.last = pieces  # the last chunk: ``complete`` sends it with the total size
         else:
@@ -725,18 +852,177 @@ class _Resumable:
 
     async def complete(self, parts: list[tuple[int, str]], create_only: bool
                        ) -> dict[str, Any]:
-        pieces, self.last = self.last, []
+        if self.bulk is not None:
+            size = self.fed + sum(len(piece) for piece in self.last)
+            if size != self.total:
+                raise StorageError(
+                    f"{self.driver.name}: the upload of {self.key!r} read {size} bytes, not "
+                    f"the {self.total} announced (the file changed while it was read)")
+        if self.file_md5 is None:
+            self.md5_b64 = _b64(self.md5.digest())
         try:
-            reply = await self._send(pieces, self.offset + sum(len(p) for p in pieces))
+            if self.file_md5 is not None and self.last:
+                # the file's last bytes: with them the server finalizes the upload
+                views, self.last = self.last, []
+                await self._feed([memoryview(view) for view in views])
+            if self.bulk is not None:
+                while self.final is None and self.offset < self.bulk:
+                    if self.stream is None:
+                        self._open_stream()
+                    await self._settle()
+            reply = self.final
+            if reply is None:
+                pieces, self.last = self.last, []
+                reply = await self._send(pieces, self.offset + sum(len(p) for p in pieces))
         except GCSResponseError as exc:
             if create_only and exc.status == 412:
                 raise create_only_conflict(self.driver.name, self.key) from exc
             raise
         resource = reply.data
-        await self.driver._verify_stored(self.key, resource, _b64(self.md5.digest()))
+        await self.driver._verify_stored(self.key, resource, self.md5_b64)
         return resource
 
+    # ---- the streamed PUT
+
+    def _open_stream(self) -> None:
+        """Start the PUT of the bytes from ``offset`` to ``bulk``: those handed over already
+        (up to ``fed``) are read again, then come the ones ``_feed`` hands over."""
+        assert self.url is not None and self.bulk is not None
+        first, fed = self.offset, self.fed
+        queue: asyncio.Queue[list[memoryview]] = asyncio.Queue(maxsize=1)
+        self.queue = queue
+
+        async def source() -> AsyncIterator[list[memoryview]]:
+            async for view in self._read_range(first, fed):
+                yield [view]
+            left = self.bulk - fed  # type: ignore[operator]
+            while left > 0:
+                views = await queue.get()
+                left -= sum(view.nbytes for view in views)
+                yield views
+                queue.task_done()  # resumed once they were written
+
+        body = _StreamedBody(source(), self.bulk - first, self.driver.read_timeout)
+        size, hashes = self._closing()
+        span = f"{first}-{self.bulk - 1}" if first < self.bulk else "*"
+        headers = {"Content-Type": self.payload.request.content_type,
+                   "Content-Range": f"bytes {span}/{size}", **hashes}
+        self.stream = asyncio.ensure_future(self.driver._call(
+            "PUT", self.url, data=body, headers=headers, idempotent=False))
+
+    def _closing(self) -> tuple[str, dict[str, str]]:
+        """The size a streamed PUT declares, and its hash: those of the object when it
+        finalizes the upload (a file), else ``*`` and none."""
+        if self.file_md5 is None:
+            return "*", {}
+        return str(self.total), {"X-Goog-Hash": f"md5={self.md5_b64}"}
+
+    async def _feed(self, views: list[memoryview]) -> None:
+        """Hand *views* to the streamed PUT (starting or resuming one if needed) and wait
+        until they are written, so that two parts at most are in memory (this one, and the
+        next one the engine reads meanwhile). Bytes handed over are read again if the PUT
+        fails (``_read_range``)."""
+        while True:
+            if self.stream is None:
+                self._open_stream()
+            if await self._unless_stream_ends(self.queue.put(views)):
+                break
+        self.fed += sum(view.nbytes for view in views)
+        await self._unless_stream_ends(self.queue.join())
+
+    async def _unless_stream_ends(self, step: Awaitable[None]) -> bool:
+        """Run *step* unless the streamed PUT ends first (then settle it): whether it ran."""
+        stream = self.stream
+        assert stream is not None
+        waiter = asyncio.ensure_future(step)
+        try:
+            await asyncio.wait({waiter, stream}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+        if waiter.done() and not waiter.cancelled():
+            return True
+        await self._settle()
+        return False
+
+    async def _settle(self) -> None:
+        """Wait for the streamed PUT to end and take the session's offset from it (after a
+        failure, from a status query); it is resumed from there."""
+        stream, self.stream = self.stream, None
+        assert stream is not None
+        before = self.offset
+        try:
+            reply = await stream
+        except Exception as exc:
+            await self._failed(exc)
+            reply = await self._query()
+        else:
+            if reply.status == 308 and _persisted(reply.headers.get("Range")) == before:
+                await self._failed(StorageUnavailableError(
+                    f"the server took none of the bytes from {before} on",
+                    backend=self.driver.name, key=self.key))
+        if reply.status != 308 and self.file_md5 is not None:
+            self.final = reply  # the file's streamed PUT finalized the upload
+            return
+        self.offset = await self._held(reply, before, self.fed)
+
+    async def _read_range(self, start: int, end: int) -> AsyncIterator[memoryview]:
+        """The payload's bytes from *start* to *end*, read again."""
+        if self.kept is not None:
+            offset = 0
+            for view in self.kept:
+                low, high = max(start, offset), min(end, offset + view.nbytes)
+                if low < high:
+                    yield view[low - offset:high - offset]
+                offset += view.nbytes
+            return
+        assert self.read_again is not None
+        while start < end:
+            size = min(MiB, end - start)
+            yield memoryview(await asyncio.to_thread(self.read_again, start, size))
+            start += size
+
+    async def _query(self) -> _Reply:
+        """The status query: how many bytes the session holds (308 and ``Range``); with the
+        object's size, it finalizes a session that holds them all."""
+        assert self.url is not None
+        size, hashes = self._closing()
+        while True:
+            try:
+                return await self.driver._call(
+                    "PUT", self.url, data=b"", idempotent=False,
+                    headers={"Content-Type": self.payload.request.content_type,
+                             "Content-Range": f"bytes */{size}", **hashes})
+            except Exception as exc:
+                await self._failed(exc)
+
+    async def _failed(self, exc: Exception) -> None:
+        """Count a failed request: raise *exc* when it cannot be retried or was the last
+        attempt, else wait before the next."""
+        self.failures += 1
+        if self.failures >= self.driver.max_attempts or not _retryable(exc, True):
+            raise exc
+        await asyncio.sleep(retry_delay(self.failures))
+
+    async def _held(self, reply: _Reply, low: int, high: int) -> int:
+        """The bytes a session holds from a 308 answer, between *low* and *high*; a session
+        finalized before its end (never on GCS) is an error, and what it stored is removed."""
+        if reply.status != 308:
+            await self.driver._remove_stored(self.key, reply.data)
+            raise StorageUnavailableError(
+                "the server finalized the upload before its end", backend=self.driver.name,
+                key=self.key)
+        held = _persisted(reply.headers.get("Range"))
+        if not low <= held <= high:
+            raise StorageUnavailableError(
+                f"the upload session holds {held} bytes, expected {low} to {high}",
+                backend=self.driver.name, key=self.key)
+        return held
+
     async def abort(self) -> None:
+        stream, self.stream = self.stream, None
+        if stream is not None:
+            stream.cancel()
+            await asyncio.gather(stream, return_exceptions=True)
         if self.url is not None:
             await self.driver._call("DELETE", self.url, idempotent=False, accept=(499,))
 
@@ -751,30 +1037,45 @@ class _Resumable:
 
     async def _send(self, pieces: list[bytes | memoryview], total: int | None) -> _Reply:
         """PUT the bytes of *pieces* at the session's offset (``total``: the object's size,
-        which makes it the final request). Resends what the server did not persist (it may
-        keep less than a chunk), never what it did."""
+        which makes it the request that finalizes the upload; it carries the MD5 of the whole
+        content, which GCS checks before it stores anything). The server may persist less than
+        it was sent: the rest is sent again, never what it holds. A request that fails with a
+        retryable error is followed, after :func:`retry_delay`, by a status query; at most
+        ``max_attempts`` requests fail."""
         assert self.url is not None
         start = self.offset  # where the pieces begin
         end = start + sum(len(piece) for piece in pieces)
         size = "*" if total is None else str(total)
+        hashes = {} if total is None else {"X-Goog-Hash": f"md5={self.md5_b64}"}
+        self.failures = 0
+        query = False  # ask how many bytes the session holds instead of sending
         while True:
             first = self.offset
-            headers = {"Content-Type": self.payload.request.content_type,
-                       "Content-Length": str(end - first),
-                       "Content-Range": f"bytes {first}-{end - 1}/{size}" if end > first
-                       else f"bytes */{size}"}
-            reply = await self.driver._call(
-                "PUT", self.url, data=lambda skip=first - start: _after(pieces, skip),
-                headers=headers, idempotent=False)
-            if reply.status != 308:
+            headers = {"Content-Type": self.payload.request.content_type, **hashes}
+            if query or first == end:
+                # the status query; with the total, it finalizes a session holding every byte
+                headers["Content-Range"] = f"bytes */{size}"
+                data: Any = b""
+            else:
+                headers["Content-Range"] = f"bytes {first}-{end - 1}/{size}"
+                headers["Content-Length"] = str(end - first)
+                data = lambda skip=first - start: _after(pieces, skip)  # noqa: E731
+            try:
+                reply = await self.driver._call("PUT", self.url, data=data, headers=headers,
+                                                idempotent=False)
+            except Exception as exc:
+                await self._failed(exc)
+                query = True
+                continue
+            if reply.status != 308 and total is not None:
                 return reply  # 200/201: the upload is finalized
-            persisted = _persisted(reply.headers.get("Range"))
-            if not first < persisted <= end:
-                raise StorageUnavailableError(
-                    f"the upload session holds {persisted} bytes after a chunk ending at {end}",
-                    backend=self.driver.name, key=self.key)
-            self.offset = persisted
-            if persisted == end and total is None:
+            self.offset = await self._held(reply, start, end)
+            if not query and self.offset == first:  # a chunk taken without progress
+                await self._failed(StorageUnavailableError(
+                    f"the server took none of the bytes from {first} on",
+                    backend=self.driver.name, key=self.key))
+            query = False
+            if self.offset == end and total is None:
                 return reply
 
 
@@ -804,6 +1105,13 @@ def _error_text(body: bytes, reason: str) -> tuple[str, str]:
         return "", text[:500] or reason
 
 
+def _impersonated_email(uri: str | None) -> str | None:
+    """The service account of an impersonation URL (``.../serviceAccounts/<email>:...``)."""
+    if not uri or "/serviceAccounts/" not in uri:
+        return None
+    return uri.rsplit("/serviceAccounts/", 1)[1].split(":", 1)[0].split("?", 1)[0] or None
+
+
 def _persisted(header: str | None) -> int:
     """Bytes persisted by an upload session from its ``Range: bytes=0-N`` answer."""
     if not header:
@@ -811,12 +1119,90 @@ def _persisted(header: str | None) -> int:
     return int(header.rpartition("-")[2]) + 1
 
 
+class _StreamedBody(aiohttp.payload.Payload):
+    """The body of a streamed PUT: *size* bytes from *source*, an async iterator of lists of
+    views that may wait for the next bytes; each list is written under the idle deadline of
+    :class:`~lexigram_storage.drivers._http.IdleBoundedPayload`. It can be written once."""
+
+    def __init__(self, source: AsyncIterator[list[memoryview]], size: int,
+                 idle_timeout: float) -> None:
+        super().__init__(source, content_type="application/octet-stream")
+        self._size = size  # aiohttp's Content-Length
+        self._source = source
+        self._idle_timeout = idle_timeout
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        raise TypeError("a streamed body cannot be read back")
+
+    async def as_bytes(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+        raise TypeError("a streamed body cannot be read back")
+
+    async def write(self, writer: AbstractStreamWriter) -> None:
+        await self.write_with_length(writer, None)
+
+    async def write_with_length(self, writer: AbstractStreamWriter,
+                                content_length: int | None) -> None:
+        async for views in self._source:
+            await IdleBoundedPayload(views, self._idle_timeout).write(writer)
+
+
+def _file_reader(source: Any) -> Callable[[int, int], bytes] | None:
+    """A blocking function reading *size* bytes at an offset of the payload of a seekable
+    file (from its position now) without moving it: ``os.pread``, or a copy out of an
+    ``io.BytesIO``; ``None`` for a file that cannot be read so."""
+    try:
+        base = int(source.tell())
+    except (AttributeError, OSError, ValueError):
+        return None
+    if isinstance(source, io.BytesIO):
+        def from_buffer(offset: int, size: int) -> bytes:
+            return source.getvalue()[base + offset:base + offset + size]
+        return from_buffer
+    try:
+        fd = source.fileno()
+    except (AttributeError, OSError, ValueError):
+        return None
+
+    def from_fd(offset: int, size: int) -> bytes:
+        data = os.pread(fd, size, base + offset)
+        if len(data) != size:
+            raise StorageError(f"the file ended at {base + offset + len(data)} bytes while "
+                               "it was read")
+        return data
+
+    return from_fd
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark the outcome of *future* as seen (its exception is raised where it is awaited)."""
+    if not future.cancelled():
+        future.exception()
+
+
+def _md5_of_file(read: Callable[[int, int], bytes], size: int) -> bytes:
+    md5 = hashlib.md5(usedforsecurity=False)
+    for offset in range(0, size, MiB):
+        md5.update(read(offset, min(MiB, size - offset)))
+    return md5.digest()
+
+
 def _hash_pieces(pieces: list[bytes | memoryview], md5: Any) -> None:
     for piece in pieces:
         md5.update(piece)
 
 
-def _after(pieces: list[bytes | memoryview], skip: int) -> list[bytes | memoryview]:
+def _before(views: list[memoryview], size: int) -> list[memoryview]:
+    """The first *size* bytes of *views* (nothing copied)."""
+    head: list[memoryview] = []
+    for view in views:
+        if size <= 0:
+            break
+        head.append(view[:size] if view.nbytes > size else view)
+        size -= view.nbytes
+    return head
+
+
+def _after(pieces: list[Any], skip: int) -> list[Any]:
     """The bytes of *pieces* after the first *skip*, as views (nothing copied)."""
     rest: list[bytes | memoryview] = []
     for piece in pieces:
