@@ -132,6 +132,58 @@ def test_cp_and_mv_between_backends_files_and_within_one_backend(work: Path, tmp
     assert tree(tmp_path / "backup") == {"b/doc.md": b"# doc\n", "moved.md": b"# doc\n"}
 
 
+def test_mv_and_cp_refuse_a_destination_that_is_the_source(work: Path, tmp_path: Path) -> None:
+    """The same file or object by another name (a folder, a local backend's own file, two
+    backends on one root, one reached through a symlink) is refused: nothing is lost."""
+    (work / "f.txt").write_bytes(b"file")
+    ok(work, "put", "-", "files:o.txt", input=b"object")
+    stored = tmp_path / "files" / "o.txt"
+    for args in (("mv", "f.txt", "f.txt"), ("mv", "f.txt", "./"), ("cp", "f.txt", "f.txt"),
+                 ("mv", "f.txt", str(work / "f.txt")), ("mv", "files:o.txt", "files:o.txt"),
+                 ("mv", "files:o.txt", str(stored)), ("mv", str(stored), "files:"),
+                 ("cp", "files:o.txt", str(tmp_path / "files"))):
+        result = run(work, *args)
+        assert result.code == 2, (args, result.err)
+        assert result.err.startswith("error: ") and " are the same " in result.err, result.err
+        assert result.err.count("\n") == 1
+    assert (work / "f.txt").read_bytes() == b"file" and stored.read_bytes() == b"object"
+
+    shared = tmp_path / "shared"
+    (tmp_path / "link").symlink_to(tmp_path / "files", target_is_directory=True)
+    shared.mkdir()
+    write_config(shared, [local_backend("loc", tmp_path / "files"),
+                          local_backend("loc2", tmp_path / "files"),
+                          local_backend("via", tmp_path / "link"),
+                          local_backend("inner", tmp_path / "files" / "in")])
+    ok(shared, "put", "-", "loc:in/x.txt", input=b"inner")
+    for args, message in (
+            (("mv", "loc:o.txt", "loc2:o.txt"), "loc:o.txt and loc2:o.txt"),
+            (("mv", "loc:o.txt", "via:"), "loc:o.txt and via:o.txt"),
+            (("cp", "loc2:o.txt", "loc:o.txt"), "loc2:o.txt and loc:o.txt"),
+            (("mv", "loc:in/x.txt", "inner:x.txt"), "loc:in/x.txt and inner:x.txt"),
+            (("mv", "inner:x.txt", "loc2:in/"), "inner:x.txt and loc2:in/x.txt")):
+        result = run(shared, *args)
+        assert (result.code, result.err) == (2, f"error: {message} are the same object\n")
+    assert stored.read_bytes() == b"object"
+    assert (tmp_path / "files" / "in" / "x.txt").read_bytes() == b"inner"
+    # another key on the same root is an ordinary move
+    assert ok(shared, "mv", "loc:o.txt", "loc2:p.txt").text == "moved loc:o.txt -> loc2:p.txt\n"
+    assert (tmp_path / "files" / "p.txt").read_bytes() == b"object" and not stored.exists()
+
+
+def test_sync_refuses_folders_or_prefixes_that_overlap(work: Path, tmp_path: Path) -> None:
+    _make_folder(tmp_path / "files", {"a/x.txt": b"x", "a/b/y.txt": b"y"})
+    before = tree(tmp_path / "files")
+    (work / "site").mkdir()
+    for src, dst in (("files:a", "files:a/b"), ("files:a/b", "files:a"), ("files:a", "files:a/"),
+                     ("files:", "files:a"), (str(tmp_path / "files" / "a"), "files:a/b"),
+                     ("files:a/b", str(tmp_path / "files")), ("site", "site/sub")):
+        result = run(work, "sync", src, dst, "--delete")
+        assert (result.code, result.err) == (2, f"error: {src} and {dst} overlap: sync needs "
+                                                "two separate folders or prefixes\n")
+    assert tree(tmp_path / "files") == before
+
+
 def test_rm_one_object_and_a_prefix(work: Path) -> None:
     for key in ("x/1", "x/2", "x/y/3", "xx"):
         ok(work, "put", "-", f"files:{key}", input=b".")

@@ -24,6 +24,10 @@ from typing import Any
 
 from lexigram_storage.cli.output import Forward, Meter
 from lexigram_storage.cli.session import Backends, LocalRef, ObjectRef, Ref, StdioRef, UsageError
+from lexigram_storage.drivers.base import BaseDriver
+from lexigram_storage.drivers.local import LocalDriver
+from lexigram_storage.drivers.local.layout import components
+from lexigram_storage.drivers.memory import MemoryDriver
 
 __all__ = ["CHUNK", "SyncResult", "copy", "folder", "move", "sync"]
 
@@ -36,7 +40,6 @@ _PART = ".lexigram-part-"
 class _Source:
     """What a copy reads: its chunks, its size if known, and the attributes to keep."""
 
-    name: str
     size: int | None
     chunks: Callable[[], AsyncIterator[bytes]]
     content_type: str | None = None
@@ -67,7 +70,7 @@ async def _stdin_chunks() -> AsyncIterator[bytes]:
 
 async def _source(backends: Backends, ref: Ref) -> _Source:
     if isinstance(ref, StdioRef):
-        return _Source("-", None, _stdin_chunks)
+        return _Source(None, _stdin_chunks)
     if isinstance(ref, LocalRef):
         try:
             size = ref.path.stat().st_size
@@ -76,11 +79,11 @@ async def _source(backends: Backends, ref: Ref) -> _Source:
         if ref.path.is_dir():
             raise UsageError(f"{ref.path} is a directory (use sync for folders)")
         path = ref.path
-        return _Source(path.name, size, lambda: _file_chunks(path))
+        return _Source(size, lambda: _file_chunks(path))
     driver = await backends.get(ref.backend)
     info = await driver.info(ref.key)
     key = ref.key
-    return _Source(PurePosixPath(key).name, info.size, lambda: driver.stream(key, CHUNK),
+    return _Source(info.size, lambda: driver.stream(key, CHUNK),
                    info.content_type, info.metadata or None, info.cache_control)
 
 
@@ -116,14 +119,81 @@ async def _write_stdout(chunks: AsyncIterator[bytes]) -> None:
     await asyncio.to_thread(out.flush)
 
 
-def _target(dst: Ref, source_name: str) -> Ref:
+def _target(src: Ref, dst: Ref) -> Ref:
     """A destination naming a folder (``dir/``, an existing directory, ``NAME:``) gets the
     source's name appended."""
+    if isinstance(src, StdioRef):
+        name = "-"
+    else:
+        name = src.path.name if isinstance(src, LocalRef) else PurePosixPath(src.key).name
     if isinstance(dst, LocalRef) and (dst.folder or dst.path.is_dir()):
-        return LocalRef(dst.path / source_name)
+        return LocalRef(dst.path / name)
     if isinstance(dst, ObjectRef) and (dst.key == "" or dst.key.endswith("/")):
-        return ObjectRef(dst.backend, dst.key + source_name)
+        return ObjectRef(dst.backend, dst.key + name)
     return dst
+
+
+# ---------------------------------------------------------------------- where things are
+
+
+def _storage(driver: BaseDriver) -> tuple[object, ...]:
+    """What identifies where a backend keeps its objects: backends with equal values (one
+    bucket or container of one endpoint) hold the same object under the same key."""
+    if isinstance(driver, MemoryDriver):
+        return ("memory", id(driver))  # each instance has its own objects
+    endpoint = getattr(driver, "endpoint_url", None) or getattr(driver, "account_url", None)
+    return (driver.driver, endpoint, driver.bucket)
+
+
+def _local_path(backends: Backends, ref: LocalRef | ObjectRef) -> Path | None:
+    """The file or folder of a local path, or of a key (or prefix) of a local backend; ``None``
+    elsewhere. Two local backends can share files: one root, or a root inside another."""
+    if isinstance(ref, LocalRef):
+        return ref.path
+    driver = backends.driver(ref.backend)
+    if not isinstance(driver, LocalDriver):
+        return None
+    key = ref.key.strip("/")
+    return driver.root.joinpath(*components(key)) if key else driver.root
+
+
+def _refuse_same(backends: Backends, src: Ref, dst: Ref) -> None:
+    """``UsageError`` when *src* and the (resolved) destination *dst* are one object or file:
+    writing it then removing the source would lose it."""
+    if isinstance(src, StdioRef) or isinstance(dst, StdioRef):
+        return
+    here, there = _local_path(backends, src), _local_path(backends, dst)
+    if here is not None and there is not None:
+        try:
+            same = os.path.samefile(here, there)
+        except OSError:  # one of them does not exist
+            same = False
+    else:
+        same = (isinstance(src, ObjectRef) and isinstance(dst, ObjectRef) and src.key == dst.key
+                and (src.backend == dst.backend or _storage(backends.driver(src.backend))
+                     == _storage(backends.driver(dst.backend))))
+    if same:
+        what = "file" if isinstance(src, LocalRef) and isinstance(dst, LocalRef) else "object"
+        raise UsageError(f"{src} and {dst} are the same {what}")
+
+
+def _refuse_overlap(backends: Backends, src: LocalRef | ObjectRef, dst: LocalRef | ObjectRef
+                    ) -> None:
+    """``UsageError`` when one of two folders or prefixes holds the other: a sync would copy
+    into its own source, and ``--delete`` would remove source objects."""
+    here, there = _local_path(backends, src), _local_path(backends, dst)
+    if here is not None and there is not None:
+        a, b = Path(os.path.realpath(here)), Path(os.path.realpath(there))
+        overlap = a.is_relative_to(b) or b.is_relative_to(a)
+    elif isinstance(src, ObjectRef) and isinstance(dst, ObjectRef):
+        a_key, b_key = folder(src.key), folder(dst.key)
+        overlap = ((a_key.startswith(b_key) or b_key.startswith(a_key))
+                   and _storage(backends.driver(src.backend))
+                   == _storage(backends.driver(dst.backend)))
+    else:
+        overlap = False
+    if overlap:
+        raise UsageError(f"{src} and {dst} overlap: sync needs two separate folders or prefixes")
 
 
 # ---------------------------------------------------------------------- cp, mv
@@ -135,13 +205,12 @@ async def copy(backends: Backends, src: Ref, dst: Ref, meter: Meter, *,
     """Copy one object or file; return where it went. Within one backend the copy is the
     server's (no bytes pass through here). *content_type*, *metadata* and *if_absent* (create
     only) apply to uploads of a file or stdin (``put``)."""
+    dst = _target(src, dst)
+    _refuse_same(backends, src, dst)
     if isinstance(src, ObjectRef) and isinstance(dst, ObjectRef) and src.backend == dst.backend:
-        dst = _target(dst, PurePosixPath(src.key).name)
-        assert isinstance(dst, ObjectRef)
         await (await backends.get(src.backend)).copy(src.key, dst.key)
         return dst
     source = await _source(backends, src)
-    dst = _target(dst, source.name)
     with meter.transfer(f"{src} -> {dst}", source.size) as advance:
         chunks = _counted(source.chunks(), advance)
         if isinstance(dst, StdioRef):
@@ -166,10 +235,11 @@ async def move(backends: Backends, src: Ref, dst: Ref, meter: Meter) -> Ref:
     if isinstance(src, StdioRef):
         raise UsageError("mv cannot move from stdin (use cp or put)")
     if isinstance(src, ObjectRef) and isinstance(dst, ObjectRef) and src.backend == dst.backend:
-        dst = _target(dst, PurePosixPath(src.key).name)
-        assert isinstance(dst, ObjectRef)
-        await (await backends.get(src.backend)).move(src.key, dst.key)
-        return dst
+        target = _target(src, dst)
+        assert isinstance(target, ObjectRef)
+        _refuse_same(backends, src, target)
+        await (await backends.get(src.backend)).move(src.key, target.key)
+        return target
     done = await copy(backends, src, dst, meter)
     if isinstance(src, LocalRef):
         await asyncio.to_thread(os.unlink, src.path)
@@ -281,6 +351,7 @@ async def sync(backends: Backends, src: LocalRef | ObjectRef, dst: LocalRef | Ob
     """Make *dst* hold what *src* holds: copy what is missing or differs by size or etag
     (content type, metadata and cache control kept), and with *delete* remove what *src*
     lacks. Each copy is complete or absent, so an interrupted sync can simply be run again."""
+    _refuse_overlap(backends, src, dst)
     result = SyncResult(dry_run=dry_run)
     source = await _listing(backends, src, must_exist=True)
     target = await _listing(backends, dst, must_exist=False)
