@@ -347,6 +347,42 @@ def test_sync_reports_a_failed_object_and_exits_1(work: Path, tmp_path: Path) ->
     assert result.err.startswith("error: src/bad\\name.txt -> files:bad\\name.txt: files: ")
 
 
+def _as_an_ordinary_user() -> None:
+    """In the child before exec: as root, give up the capabilities to read and enter any
+    folder (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH), so file permissions apply."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for capability in (1, 2):
+        if libc.prctl(24, capability, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="drops root's capabilities "
+                                                                  "with Linux's prctl")
+def test_sync_delete_keeps_what_an_unreadable_local_folder_may_hold(work: Path,
+                                                                    tmp_path: Path) -> None:
+    src = work / "src"
+    _make_folder(src, {"a.txt": b"a", "sub/b.txt": b"b", "sub/deeper/c.txt": b"c"})
+    ok(work, "sync", "src", "files:dst")
+    (src / "new.txt").write_bytes(b"new")
+    (src / "a.txt").unlink()
+    (src / "sub").chmod(0)
+    try:
+        done = subprocess.run(command("sync", "src", "files:dst", "--delete", "--json"),
+                              cwd=work, env=cli_env(), capture_output=True, timeout=120,
+                              preexec_fn=_as_an_ordinary_user if os.geteuid() == 0 else None)
+    finally:
+        (src / "sub").chmod(0o755)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.decode() == "error: src/sub: Permission denied\n"
+    report = json.loads(done.stdout)
+    assert report["copied"] == ["new.txt"] and report["deleted"] == []
+    assert report["failed"] == {"sub/": "Permission denied"}
+    assert tree(tmp_path / "files" / "dst") == {"a.txt": b"a", "new.txt": b"new",
+                                                "sub/b.txt": b"b", "sub/deeper/c.txt": b"c"}
+
+
 def test_an_interrupted_sync_leaves_complete_objects_and_a_rerun_finishes(work: Path,
                                                                           tmp_path: Path) -> None:
     src = work / "big"

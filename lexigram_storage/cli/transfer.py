@@ -271,9 +271,15 @@ class SyncResult:
                 "bytes": self.bytes, "failed": self.failed, "dry_run": self.dry_run}
 
 
-def _walk(root: Path) -> Iterator[tuple[str, Path]]:
-    """Every regular file under *root* as (relative key, path), unfinished writes left out."""
-    for top, dirs, files in os.walk(root):
+def _walk(root: Path, failed: dict[str, str]) -> Iterator[tuple[str, Path]]:
+    """Every regular file under *root* as (relative key, path), unfinished writes left out.
+    A folder that cannot be read goes into *failed* (``"sub/dir/"``: the reason): its files
+    are unknown, not absent."""
+    def unreadable(error: OSError) -> None:
+        where = Path(error.filename or root).relative_to(root).as_posix()
+        failed[folder("" if where == "." else where)] = error.strerror or str(error)
+
+    for top, dirs, files in os.walk(root, onerror=unreadable):
         dirs.sort()
         for name in sorted(files):
             path = Path(top, name)
@@ -282,8 +288,9 @@ def _walk(root: Path) -> Iterator[tuple[str, Path]]:
             yield path.relative_to(root).as_posix(), path
 
 
-async def _listing(backends: Backends, ref: LocalRef | ObjectRef, *, must_exist: bool
-                   ) -> dict[str, _Entry]:
+async def _listing(backends: Backends, ref: LocalRef | ObjectRef, failed: dict[str, str], *,
+                   must_exist: bool) -> dict[str, _Entry]:
+    """What *ref* holds by relative key; what could not be listed goes into *failed*."""
     if isinstance(ref, LocalRef):
         if not ref.path.is_dir():
             if must_exist or ref.path.exists():
@@ -291,7 +298,8 @@ async def _listing(backends: Backends, ref: LocalRef | ObjectRef, *, must_exist:
             return {}
 
         def scan() -> dict[str, _Entry]:
-            return {rel: _Entry(path.stat().st_size, None) for rel, path in _walk(ref.path)}
+            return {rel: _Entry(path.stat().st_size, None)
+                    for rel, path in _walk(ref.path, failed)}
         return await asyncio.to_thread(scan)
     driver = await backends.get(ref.backend)
     prefix = folder(ref.key)
@@ -350,11 +358,18 @@ async def sync(backends: Backends, src: LocalRef | ObjectRef, dst: LocalRef | Ob
                ) -> SyncResult:
     """Make *dst* hold what *src* holds: copy what is missing or differs by size or etag
     (content type, metadata and cache control kept), and with *delete* remove what *src*
-    lacks. Each copy is complete or absent, so an interrupted sync can simply be run again."""
+    lacks. Each copy is complete or absent, so an interrupted sync can simply be run again.
+    Any failure, a local folder that cannot be read included, prevents every deletion."""
     _refuse_overlap(backends, src, dst)
     result = SyncResult(dry_run=dry_run)
-    source = await _listing(backends, src, must_exist=True)
-    target = await _listing(backends, dst, must_exist=False)
+    listings = []
+    for ref, must_exist in ((src, True), (dst, False)):
+        unread: dict[str, str] = {}
+        listings.append(await _listing(backends, ref, unread, must_exist=must_exist))
+        for rel, reason in unread.items():
+            result.failed[rel] = reason
+            report("failed", f"{_child(ref, rel)}: {reason}")
+    source, target = listings
 
     candidates = sorted(source)
     to_copy: list[str] = []
