@@ -194,6 +194,21 @@ def test_rm_one_object_and_a_prefix(work: Path) -> None:
     assert (result.code, result.err) == (1, "error: files: object not found (key 'xx')\n")
 
 
+def test_a_reader_closing_stdout_ends_the_command_quietly(work: Path, tmp_path: Path) -> None:
+    """``cat ... | head`` and ``ls -r ... | head``: exit 141 (as a command killed by SIGPIPE),
+    nothing on stderr."""
+    ok(work, "put", "-", "files:big.bin", input=os.urandom(8 * 1024 * 1024))
+    _make_folder(tmp_path / "files" / "many", {f"object-{i:05}.txt": b"." for i in range(3000)})
+    for args in (("cat", "files:big.bin"), ("ls", "-r", "files:many")):
+        proc = subprocess.Popen(command(*args), cwd=work, env=cli_env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert proc.stdout is not None and proc.stderr is not None
+        assert len(proc.stdout.read(10)) == 10
+        proc.stdout.close()  # as head does once it has its lines
+        err = proc.stderr.read()
+        assert (proc.wait(timeout=60), err) == (141, b""), args
+
+
 # ---------------------------------------------------------------------- errors and exit codes
 
 
