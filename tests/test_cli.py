@@ -422,6 +422,37 @@ def test_an_interrupted_sync_leaves_complete_objects_and_a_rerun_finishes(work: 
     assert tree(tmp_path / "backup" / "big") == source
 
 
+def test_ctrl_c_ends_a_put_from_stdin_and_a_cat_to_stdout_while_they_wait(work: Path) -> None:
+    """Blocked on a pipe whose other end stays open (``sleep 30 | lexigram-storage put -``,
+    ``lexigram-storage cat ... | a reader that waits``), the command still ends on Ctrl-C."""
+    put = subprocess.Popen(command("put", "-", "files:x"), cwd=work, env=cli_env(),
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert put.stdin is not None
+    for _ in range(4):  # far more than a pipe buffers: the command is reading its stdin
+        put.stdin.write(os.urandom(1024 * 1024))
+        put.stdin.flush()
+    ok(work, "put", "-", "files:big.bin", input=os.urandom(8 * 1024 * 1024))
+    cat = subprocess.Popen(command("cat", "files:big.bin"), cwd=work, env=cli_env(),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert cat.stdout is not None
+    assert len(cat.stdout.read(1024)) == 1024  # writing, and now blocked on the full pipe
+    try:
+        for proc in (put, cat):
+            proc.send_signal(2)  # SIGINT, as Ctrl-C
+            assert proc.stderr is not None
+            assert proc.wait(timeout=60) == 130
+            assert proc.stderr.read() == b"error: interrupted\n"
+    finally:
+        for proc in (put, cat):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            for stream in (proc.stdin, proc.stdout, proc.stderr):
+                if stream is not None:
+                    stream.close()
+    assert run(work, "info", "files:x").code == 1  # the upload stored nothing
+
+
 # Runs `python -m lexigram_storage ARGS` and writes the process's peak RSS (VmHWM, in KiB) to
 # the file named by its first argument. VmHWM, not getrusage: the kernel carries the RSS peak
 # of the process before exec (the forked pytest) into ru_maxrss.

@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import os
 import sys
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, TypeVar
 
 from lexigram_storage.cli.output import Forward, Meter
 from lexigram_storage.cli.session import Backends, LocalRef, ObjectRef, Ref, StdioRef, UsageError
@@ -34,6 +36,8 @@ __all__ = ["CHUNK", "SyncResult", "copy", "folder", "move", "sync"]
 CHUNK = 1024 * 1024
 # temporary files of unfinished local writes: skipped when a local folder is read
 _PART = ".lexigram-part-"
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -61,10 +65,41 @@ async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
             yield chunk
 
 
+def _stdio(call: Callable[[], _T]) -> asyncio.Future[_T]:
+    """Run *call*, a read of stdin or a write to stdout, in a daemon thread of its own.
+
+    Not in the default executor: ``asyncio.run`` waits for that executor's threads before it
+    returns, and such a call can block for as long as the other end keeps the pipe open
+    (``sleep 30 | lexigram-storage put - ...``), Ctrl-C or not. A daemon thread still blocked
+    then ends with the process. The calls use the descriptors (``os.read``, ``os.write``), not
+    ``sys.stdin``/``sys.stdout``, whose locks an abandoned thread would keep at exit."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[_T] = loop.create_future()
+
+    def settle(outcome: tuple[_T] | BaseException) -> None:
+        if future.done():  # cancelled (Ctrl-C) meanwhile
+            return
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome[0])
+
+    def run() -> None:
+        outcome: tuple[_T] | BaseException
+        try:
+            outcome = (call(),)
+        except Exception as exc:
+            outcome = exc
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
+            loop.call_soon_threadsafe(settle, outcome)
+
+    threading.Thread(target=run, name="lexigram-storage-stdio", daemon=True).start()
+    return future
+
+
 async def _stdin_chunks() -> AsyncIterator[bytes]:
-    stdin = sys.stdin.buffer
-    read = getattr(stdin, "read1", stdin.read)  # read1: what has arrived, up to CHUNK bytes
-    while chunk := await asyncio.to_thread(read, CHUNK):
+    fd = sys.stdin.fileno()
+    while chunk := await _stdio(lambda: os.read(fd, CHUNK)):  # what has arrived, up to CHUNK
         yield chunk
 
 
@@ -113,10 +148,16 @@ async def _write_file(path: Path, chunks: AsyncIterator[bytes]) -> None:
 
 
 async def _write_stdout(chunks: AsyncIterator[bytes]) -> None:
-    out = sys.stdout.buffer
+    sys.stdout.flush()  # what was printed before goes first
+    fd = sys.stdout.fileno()
+
+    def write_all(chunk: bytes) -> None:
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(fd, view):]
+
     async for chunk in chunks:
-        await asyncio.to_thread(out.write, chunk)
-    await asyncio.to_thread(out.flush)
+        await _stdio(functools.partial(write_all, chunk))
 
 
 def _target(src: Ref, dst: Ref) -> Ref:
