@@ -525,6 +525,8 @@ def test_progress_bars_only_on_a_terminal(work: Path) -> None:
     assert piped.err == ""
     screen = _on_a_terminal(work, "cp", "files:f.bin", "backup:f.bin")
     assert "files:f.bin -> backup:f.bin" in screen and "2.0/2.0 MiB" in screen, screen
+    screen = _on_a_terminal(work, "put", "f.bin", "backup:put.bin")  # read by the driver
+    assert "f.bin -> backup:put.bin" in screen and "2.0/2.0 MiB" in screen, screen
     (work / "tree" / "sub").mkdir(parents=True)
     for name in ("a", "b", "sub/c"):
         (work / "tree" / name).write_bytes(os.urandom(300_000))

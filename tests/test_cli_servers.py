@@ -3,6 +3,7 @@ Azurite (Azure), each beside a local backend, run as a subprocess like a user wo
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -15,7 +16,7 @@ import pytest
 from tests.azurite_server import AzuriteSettings, azure_service_for
 from tests.cli_support import cli_env, command, local_backend, ok, run, tree, write_config
 from tests.emulators import S3Settings, create_bucket
-from tests.gcs_server import GcsSettings
+from tests.gcs_server import FaultProxy, GcsSettings
 
 MiB = 1024 * 1024
 
@@ -135,3 +136,32 @@ def test_an_interrupted_sync_to_a_server_finishes_when_run_again(work: Path) -> 
     assert rerun["unchanged"] == len(listed)  # what was stored is complete: not copied again
     ok(work, "sync", "remote:many", "back")
     assert tree(work / "back") == tree(src)
+
+
+async def test_put_and_sync_hand_a_file_of_known_size_to_the_driver(
+        tmp_path: Path, gcs_proxy: FaultProxy, gcs_server: GcsSettings, gcs_bucket: str) -> None:
+    """A local file reaches the driver as a file, its size known: on GCS a file above the
+    resumable threshold goes as one streamed PUT of all its bytes with its digest set at the
+    start, not as chunks of a stream of unknown size followed by a metadata PATCH."""
+    write_config(tmp_path, [{"name": "remote", "driver": "gcs", "gcs": {
+        "bucket": gcs_bucket, "endpoint_url": gcs_proxy.endpoint,
+        "credentials_path": gcs_server.service_file, "resumable_threshold": MiB,
+        "chunk_size": MiB}}])
+    data = os.urandom(3 * MiB + 5)
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "big.bin").write_bytes(data)
+    async def cli(*args: str) -> bytes:  # the proxy answers meanwhile: no blocking wait
+        proc = await asyncio.create_subprocess_exec(
+            *command(*args), cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 120)
+        assert proc.returncode == 0, err
+        return out
+
+    for args in (("put", "site/big.bin", "remote:put/big.bin"), ("sync", "site", "remote:sync")):
+        gcs_proxy.seen.clear()
+        await cli(*args)
+        assert gcs_proxy.requests("PATCH") == []
+        [upload] = gcs_proxy.requests("PUT", "/upload/")
+        assert upload.headers["content-range"] == f"bytes 0-{len(data) - 1}/{len(data)}"
+    assert await cli("cat", "remote:sync/big.bin") == data

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import io
 import os
 import sys
 import threading
@@ -120,6 +121,26 @@ async def _source(backends: Backends, ref: Ref) -> _Source:
     key = ref.key
     return _Source(info.size, lambda: driver.stream(key, CHUNK),
                    info.content_type, info.metadata or None, info.cache_control)
+
+
+class _MeteredFile(io.BufferedReader):
+    """A local file opened for a driver's upload: a seekable OS file whose size is known, so
+    each driver takes its path for a known size (one streamed request, or parts with the
+    digest computed upfront), that advances the progress bar by what the driver reads."""
+
+    def __init__(self, path: Path, advance: Callable[[int], None]) -> None:
+        super().__init__(io.FileIO(path, "rb"), CHUNK)
+        self._advance = advance
+
+    def read(self, size: int | None = -1) -> bytes:
+        data = super().read(size)
+        self._advance(len(data))
+        return data
+
+    def read1(self, size: int = -1) -> bytes:
+        data = super().read1(size)
+        self._advance(len(data))
+        return data
 
 
 async def _counted(chunks: AsyncIterator[bytes], advance: Callable[[int], None]
@@ -253,11 +274,10 @@ async def copy(backends: Backends, src: Ref, dst: Ref, meter: Meter, *,
         return dst
     source = await _source(backends, src)
     with meter.transfer(f"{src} -> {dst}", source.size) as advance:
-        chunks = _counted(source.chunks(), advance)
         if isinstance(dst, StdioRef):
-            await _write_stdout(chunks)
+            await _write_stdout(_counted(source.chunks(), advance))
         elif isinstance(dst, LocalRef):
-            await _write_file(dst.path, chunks)
+            await _write_file(dst.path, _counted(source.chunks(), advance))
         else:
             driver = await backends.get(dst.backend)
             options: dict[str, Any] = {}
@@ -267,7 +287,13 @@ async def copy(backends: Backends, src: Ref, dst: Ref, meter: Meter, *,
                 options["cache_control"] = source.cache_control
             if if_absent:
                 options["if_none_match"] = "*"
-            await driver.upload(dst.key, chunks, content_type or source.content_type, **options)
+            content_type = content_type or source.content_type
+            if isinstance(src, LocalRef):
+                with await asyncio.to_thread(_MeteredFile, src.path, advance) as f:
+                    await driver.upload(dst.key, f, content_type, **options)
+            else:
+                await driver.upload(dst.key, _counted(source.chunks(), advance), content_type,
+                                    **options)
     return dst
 
 
