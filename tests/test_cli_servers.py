@@ -98,6 +98,27 @@ def test_commands_on_a_server_backend(work: Path, remote: dict[str, Any]) -> Non
     assert ok(work, "ls", "-r", "remote:").text == ""
 
 
+def test_two_backend_names_on_one_bucket_are_one_place(tmp_path: Path, remote: dict[str, Any]
+                                                        ) -> None:
+    """mv, cp and sync between two names of one bucket (or container) refuse what would write
+    an object onto itself or sync a prefix into itself."""
+    write_config(tmp_path, [remote, {**remote, "name": "again"}])
+    ok(tmp_path, "put", "-", "remote:a/k.txt", input=b"kept")
+    for args, message in (
+            (("mv", "remote:a/k.txt", "again:a/k.txt"),
+             "remote:a/k.txt and again:a/k.txt are the same object"),
+            (("cp", "again:a/k.txt", "remote:a/"),
+             "again:a/k.txt and remote:a/k.txt are the same object"),
+            (("sync", "remote:a", "again:a/b", "--delete"),
+             "remote:a and again:a/b overlap: sync needs two separate folders or prefixes")):
+        result = run(tmp_path, *args)
+        assert (result.code, result.err) == (2, f"error: {message}\n")
+    assert ok(tmp_path, "ls", "-r", "again:").text == "a/k.txt\n"
+    assert ok(tmp_path, "cat", "again:a/k.txt").out == b"kept"
+    ok(tmp_path, "mv", "remote:a/k.txt", "again:b/k.txt")  # another key: an ordinary move
+    assert ok(tmp_path, "ls", "-r", "remote:").text == "b/k.txt\n"
+
+
 def test_sync_folder_to_server_and_back(work: Path) -> None:
     src = work / "site"
     files = {"index.html": b"<p>hi</p>", "a/b/c.txt": b"c" * 100, "big.bin": os.urandom(2 * MiB)}
