@@ -3,11 +3,15 @@ and ``sync``.
 
 Everything streams in chunks of ``CHUNK`` bytes: nothing reads a file or an object whole, so
 a transfer holds at most a few chunks per running copy (plus what the destination driver
-buffers for one upload: its part size times its parts in flight). Objects are written with the
-driver's upload, which stores nothing unless it completes; local files are written to a hidden
-temporary file beside the destination and renamed over it at the end. An interrupted command
-therefore leaves every destination either as it was or complete, and a re-run ``sync`` picks up
-where it stopped.
+buffers for one upload: its part size times its parts in flight). A local file is handed to
+the driver's upload as an open file, its size known, so each driver takes its path for that.
+A destination that is the source itself, or a sync between places of which one holds the
+other, is refused: writing then removing (or deleting what the source lacks) would lose data.
+
+Objects are written with the driver's upload, which stores nothing unless it completes; local
+files are written to a hidden temporary file beside the destination and renamed over it at the
+end. An interrupted command therefore leaves every destination either as it was or complete,
+and a re-run ``sync`` picks up where it stopped.
 """
 
 from __future__ import annotations
