@@ -877,11 +877,13 @@ def _put_headers(params: dict[str, Any]) -> dict[str, str]:
 
 def _head_fields(headers: Mapping[str, str]) -> dict[str, Any]:
     """The HeadObject fields ``_info_from_head`` reads, from the answer's headers (as botocore
-    parses them)."""
+    parses them: metadata names lower-case, whatever case the server or a proxy sent them in,
+    e.g. Go's canonical ``X-Amz-Meta-Lexigram-Sha256``)."""
     modified = headers.get("Last-Modified")
+    prefix = "x-amz-meta-"
     return {
-        "Metadata": {name[len("x-amz-meta-"):]: value for name, value in headers.items()
-                     if name.lower().startswith("x-amz-meta-")},
+        "Metadata": {name.lower()[len(prefix):]: value for name, value in headers.items()
+                     if name.lower().startswith(prefix)},
         "ContentLength": int(headers.get("Content-Length") or 0),
         "ContentType": headers.get("Content-Type"),
         "LastModified": parsedate_to_datetime(modified) if modified else None,
