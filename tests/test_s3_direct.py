@@ -13,6 +13,7 @@ import pytest
 from aiohttp import web
 
 from lexigram_storage.drivers.s3 import MiB, S3Driver
+from lexigram_storage.errors import StorageRequestRejectedError
 from tests.emulators import HOST, S3Settings, create_bucket, free_port
 from tests.test_s3 import sha256
 
@@ -133,3 +134,52 @@ async def test_metadata_header_names_in_any_case(seaweedfs_server: S3Settings,
         assert [i.metadata async for i in store.list("meta/")] == [{"trace_id": "7"}]
 
 
+# ---------------------------------------------------------------- redirects
+
+
+async def test_direct_path_does_not_follow_redirects(unique_name: str) -> None:
+    """A 307 answer is an error like any other, as botocore raises it (``TemporaryRedirect``):
+    the body is never sent to the host named in ``Location``, without its signature."""
+    elsewhere: list[str] = []
+
+    async def redirect(request: web.Request) -> web.Response:
+        await request.read()
+        body = b"" if request.method == "HEAD" else (
+            b"<Error><Code>TemporaryRedirect</Code><Message>Please re-send this request to "
+            b"the specified temporary endpoint</Message></Error>")
+        return web.Response(status=307, body=body,
+                            headers={"Location": target + request.path_qs})
+
+    async def other_host(request: web.Request) -> web.Response:
+        elsewhere.append(f"{request.method} {request.path}")
+        await request.read()
+        return web.Response(status=200, headers={"ETag": '"x"'})
+
+    runners = []
+    try:
+        endpoints = []
+        for handler in (redirect, other_host):
+            runner = web.AppRunner(web.Application(), access_log=None)
+            runner.app.router.add_route("*", "/{tail:.*}", handler)
+            await runner.setup()
+            runners.append(runner)
+            port = free_port()
+            await web.TCPSite(runner, HOST, port).start()
+            endpoints.append(f"http://{HOST}:{port}")
+        target = endpoints[1]
+        async with S3Driver(unique_name, region="us-east-1", access_key="k", secret_key="s",
+                            endpoint_url=endpoints[0], addressing_style="path",
+                            max_attempts=2) as store:
+            with pytest.raises(StorageRequestRejectedError) as rejected:
+                await store.upload("r/a.txt", b"x")
+            details = rejected.value.details
+            assert (details["status"], details["error_code"]) == (307, "TemporaryRedirect")
+            with pytest.raises(StorageRequestRejectedError):
+                await store.download("r/a.txt")
+            with pytest.raises(StorageRequestRejectedError):
+                await store.info("r/a.txt")
+            assert store._direct is not None
+        assert elsewhere == []
+    finally:
+        for runner in runners:
+            await runner.cleanup()
