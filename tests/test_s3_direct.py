@@ -4,6 +4,7 @@ behind a small fault proxy, or a local aiohttp server answering what the test ne
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -13,8 +14,12 @@ import pytest
 from aiohttp import web
 
 from lexigram_storage.drivers.s3 import MiB, S3Driver
-from lexigram_storage.errors import StorageRequestRejectedError
-from tests.emulators import HOST, S3Settings, create_bucket, free_port
+from lexigram_storage.errors import (
+    PreconditionFailedError,
+    StorageRequestRejectedError,
+)
+from lexigram_storage.events import FileUploadedEvent, StorageEvents
+from tests.emulators import HOST, S3Settings, create_bucket, free_port, s3_client_for
 from tests.test_s3 import sha256
 
 #: hop-by-hop and length headers the proxy leaves to aiohttp
@@ -31,7 +36,8 @@ class Seen:
 class S3Proxy:
     """Forwards every request to an S3 server as received (the signature stays valid) and
     its answer back, recording each request in ``seen``. ``drop()``: forward the next
-    matching request, then close the connection instead of answering (a lost answer).
+    matching request, then close the connection instead of answering, or answer *status*
+    instead of the server's answer (a gateway giving up after the server got the request).
     ``canonical_names``: send the answer's header names in Go's canonical form
     (``X-Amz-Meta-Lexigram-Sha256``), as MinIO, Traefik or Caddy do."""
 
@@ -41,13 +47,13 @@ class S3Proxy:
         self.seen: list[Seen] = []
         #: the header names of the answers, as sent
         self.answered_names: set[str] = set()
-        self._drops: list[Callable[[Seen], bool]] = []
+        self._drops: list[tuple[Callable[[Seen], bool], int | None]] = []
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
         self.endpoint = ""
 
-    def drop(self, match: Callable[[Seen], bool]) -> None:
-        self._drops.append(match)
+    def drop(self, match: Callable[[Seen], bool], status: int | None = None) -> None:
+        self._drops.append((match, status))
 
     async def __aenter__(self) -> S3Proxy:
         self._session = aiohttp.ClientSession(auto_decompress=False)
@@ -77,9 +83,11 @@ class S3Proxy:
                 data=body or None, allow_redirects=False,
                 skip_auto_headers=("User-Agent", "Content-Type", "Accept-Encoding")) as answer:
             content = await answer.read()
-            for match in self._drops:
+            for match, status in self._drops:
                 if match(seen):
-                    self._drops.remove(match)
+                    self._drops.remove((match, status))
+                    if status is not None:
+                        return web.Response(status=status)
                     assert request.transport is not None
                     request.transport.close()  # the answer never arrives
                     raise ConnectionResetError("answer dropped by the test proxy")
@@ -100,6 +108,16 @@ def _canonical(name: str) -> str:
     return "-".join(part[:1].upper() + part[1:].lower() for part in name.split("-"))
 
 
+class Published:
+    """A domain event publisher keeping what it is given."""
+
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+
+    async def publish(self, event: Any) -> None:
+        self.events.append(event)
+
+
 @pytest.fixture
 async def weed_bucket(seaweedfs_server: S3Settings, unique_name: str) -> str:
     await create_bucket(seaweedfs_server, unique_name)
@@ -113,6 +131,68 @@ def proxied_driver(s: S3Settings, endpoint: str, bucket: str, direct: bool,
                     read_timeout=10, max_attempts=3, multipart_threshold=5 * MiB,
                     multipart_chunk_size=5 * MiB, direct_requests=direct, name="s3-proxied",
                     **kw)
+
+
+def create_only_commit(seen: Seen) -> bool:
+    """The commit of a create-only upload: its PutObject, or its CompleteMultipartUpload."""
+    commit = (seen.method == "PUT" and "uploadId=" not in seen.path_qs) or \
+        (seen.method == "POST" and "uploadId=" in seen.path_qs)
+    return commit and seen.headers.get("if-none-match") == "*"
+
+
+PATHS = pytest.mark.parametrize(
+    ("direct", "size"), [(True, 1000), (False, 1000), (False, 5 * MiB + 1)],
+    ids=["direct-put", "aioboto3-put", "multipart-complete"])
+#: how the first answer is lost: the connection closed (aiohttp itself resends a PUT then,
+#: botocore a POST), or a gateway's 504 (the driver's retry)
+LOST = pytest.mark.parametrize("lost_as", [None, 504], ids=["closed", "504"])
+
+
+# ---------------------------------------------------------------- create-only, answer lost
+
+
+@PATHS
+@LOST
+async def test_create_only_upload_whose_answer_was_lost_reports_its_own_success(
+        seaweedfs_server: S3Settings, weed_bucket: str, direct: bool, size: int,
+        lost_as: int | None) -> None:
+    """The first create-only attempt stores the object but its answer is lost; the retry gets
+    412 because the object now exists. That object is the caller's own: the upload succeeds,
+    once (one event), with its own info."""
+    raw = os.urandom(size)
+    published = Published()
+    async with S3Proxy(seaweedfs_server.endpoint_url) as proxy, \
+            proxied_driver(seaweedfs_server, proxy.endpoint, weed_bucket, direct,
+                           events=StorageEvents(publisher=published)) as store:
+        proxy.drop(create_only_commit, lost_as)
+        info = await store.upload("lock/a", raw, metadata={"owner": "me"}, if_none_match="*")
+        await store.flush_events(5)
+        commits = [s for s in proxy.seen if create_only_commit(s)]
+        assert len(commits) == 2  # the lost one and its retry
+        assert (info.size, info.etag, info.metadata) == (len(raw), sha256(raw), {"owner": "me"})
+        assert [e.etag for e in published.events if isinstance(e, FileUploadedEvent)] == \
+            [sha256(raw)]
+        stored = await store.info("lock/a")
+        assert (stored.etag, stored.metadata) == (sha256(raw), {"owner": "me"})
+        assert await store.download("lock/a") == raw
+
+
+@PATHS
+@LOST
+async def test_create_only_upload_losing_to_another_writer_still_fails(
+        seaweedfs_server: S3Settings, weed_bucket: str, direct: bool, size: int,
+        lost_as: int | None) -> None:
+    """Another writer's object exists; the first attempt's 412 is lost and the retry's 412
+    stands: the object is not the caller's, so the upload fails and changes nothing."""
+    async with s3_client_for(seaweedfs_server) as client:
+        await client.put_object(Bucket=weed_bucket, Key="lock/b", Body=b"theirs")
+    async with S3Proxy(seaweedfs_server.endpoint_url) as proxy, \
+            proxied_driver(seaweedfs_server, proxy.endpoint, weed_bucket, direct) as store:
+        proxy.drop(create_only_commit, lost_as)
+        with pytest.raises(PreconditionFailedError):
+            await store.upload("lock/b", os.urandom(size), if_none_match="*")
+        assert len([s for s in proxy.seen if create_only_commit(s)]) == 2
+        assert await store.download("lock/b") == b"theirs"
 
 
 # ---------------------------------------------------------------- metadata header names
