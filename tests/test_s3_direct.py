@@ -217,9 +217,11 @@ async def test_metadata_header_names_in_any_case(seaweedfs_server: S3Settings,
 # ---------------------------------------------------------------- redirects
 
 
-async def test_direct_path_does_not_follow_redirects(unique_name: str) -> None:
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "aioboto3"])
+async def test_redirects_are_never_followed(unique_name: str, direct: bool) -> None:
     """A 307 answer is an error like any other, as botocore raises it (``TemporaryRedirect``):
-    the body is never sent to the host named in ``Location``, without its signature."""
+    the body is never sent to the host named in ``Location``, without its signature, on either
+    request path."""
     elsewhere: list[str] = []
 
     async def redirect(request: web.Request) -> web.Response:
@@ -227,8 +229,10 @@ async def test_direct_path_does_not_follow_redirects(unique_name: str) -> None:
         body = b"" if request.method == "HEAD" else (
             b"<Error><Code>TemporaryRedirect</Code><Message>Please re-send this request to "
             b"the specified temporary endpoint</Message></Error>")
+        # as S3 answers: with the bucket's region (botocore's region redirector reads it)
         return web.Response(status=307, body=body,
-                            headers={"Location": target + request.path_qs})
+                            headers={"Location": target + request.path_qs,
+                                     "x-amz-bucket-region": "us-east-1"})
 
     async def other_host(request: web.Request) -> web.Response:
         elsewhere.append(f"{request.method} {request.path}")
@@ -249,7 +253,7 @@ async def test_direct_path_does_not_follow_redirects(unique_name: str) -> None:
         target = endpoints[1]
         async with S3Driver(unique_name, region="us-east-1", access_key="k", secret_key="s",
                             endpoint_url=endpoints[0], addressing_style="path",
-                            max_attempts=2) as store:
+                            max_attempts=2, direct_requests=direct) as store:
             with pytest.raises(StorageRequestRejectedError) as rejected:
                 await store.upload("r/a.txt", b"x")
             details = rejected.value.details
@@ -258,7 +262,9 @@ async def test_direct_path_does_not_follow_redirects(unique_name: str) -> None:
                 await store.download("r/a.txt")
             with pytest.raises(StorageRequestRejectedError):
                 await store.info("r/a.txt")
-            assert store._direct is not None
+            with pytest.raises(StorageRequestRejectedError):
+                await store.upload("r/big.bin", os.urandom(9 * 1024 * 1024))  # multipart
+            assert (store._direct is not None) is direct
         assert elsewhere == []
     finally:
         for runner in runners:

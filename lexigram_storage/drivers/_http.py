@@ -158,10 +158,24 @@ def idle_bounded_body(body: Any, idle_timeout: float) -> Any:
 
 
 @functools.cache
+class _NoRedirects:
+    """An aiohttp session whose requests never follow a 3xx answer (what ``request`` gives
+    aiobotocore's ``send``, the one caller)."""
+
+    def __init__(self, session: Any) -> None:
+        self._session = session
+
+    def request(self, method: str, url: Any, **kwargs: Any) -> Any:
+        return self._session.request(method, url, allow_redirects=False, **kwargs)
+
+
 def aiobotocore_session_class() -> type[Any]:
     """aiobotocore's HTTP session (``AioConfig(http_session_cls=...)``) sending request bodies
-    through :func:`idle_bounded_body` with the client's ``read_timeout``. Built on first use:
-    this module must import without aiobotocore (the GCS and Azure drivers use it too)."""
+    through :func:`idle_bounded_body` with the client's ``read_timeout``, and never following
+    a redirect: aiohttp would by default, sending the body, without its signature, to the host
+    ``Location`` names and reporting that host's answer; botocore's own HTTP session does not
+    follow redirects either (it handles S3's region redirects itself, re-signed). Built on first
+    use: this module must import without aiobotocore (the GCS and Azure drivers use it too)."""
     from aiobotocore.httpsession import AIOHTTPSession
 
     class IdleBoundedAIOHTTPSession(AIOHTTPSession):  # type: ignore[misc]  # untyped base
@@ -170,6 +184,9 @@ def aiobotocore_session_class() -> type[Any]:
             super().__init__(timeout=timeout, **kwargs)
             read_timeout = timeout[1] if isinstance(timeout, tuple | list) else timeout
             self._idle_timeout = read_timeout
+
+        async def _get_session(self, proxy_url: str | None) -> _NoRedirects:
+            return _NoRedirects(await super()._get_session(proxy_url))
 
         async def send(self, request: Any) -> Any:
             body = request.body
