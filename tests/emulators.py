@@ -6,6 +6,7 @@ Servers bind to free ports on 127.0.0.1 and run as subprocesses, so tests can st
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -34,6 +35,26 @@ def free_port() -> int:
         port: int = s.getsockname()[1]
         return port
 
+
+def stop_process(pid: int) -> None:
+    """SIGSTOP *pid* and return once every thread of it is stopped: ``kill`` returns before
+    the signal has reached them all, and a request sent meanwhile could still be answered.
+    Where ``/proc`` is missing (macOS), a short wait stands in for the check."""
+    os.kill(pid, signal.SIGSTOP)
+    tasks = Path(f"/proc/{pid}/task")
+    if not tasks.is_dir():
+        time.sleep(0.1)
+        return
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        states = []
+        for stat in tasks.glob("*/stat"):
+            with contextlib.suppress(OSError):  # a thread that just ended
+                states.append(stat.read_text().rsplit(")", 1)[1].split()[0])
+        if states and all(state in ("T", "t") for state in states):
+            return
+        time.sleep(0.002)
+    raise AssertionError(f"process {pid} did not stop within 5 s")
 
 class Emulator:
     """One emulator subprocess. Fault injection: stop(), pause()/resume(), restart()."""
@@ -93,7 +114,7 @@ class Emulator:
     def pause(self) -> None:
         """The server hangs: connections are accepted by the kernel, nothing answers."""
         if self.proc and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGSTOP)
+            stop_process(self.proc.pid)
 
     def resume(self) -> None:
         if self.proc and self.proc.poll() is None:

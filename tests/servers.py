@@ -36,7 +36,7 @@ from typing import Any
 
 import pytest
 
-from tests.emulators import HOST, S3Settings, free_port
+from tests.emulators import HOST, S3Settings, free_port, stop_process
 
 #: the command that installs Ceph's RADOS Gateway on Debian and Ubuntu
 CEPH_APT = "apt-get install -y --no-install-recommends radosgw ceph-mon ceph-osd"
@@ -180,7 +180,8 @@ class SeaweedFS:
 
     def pause(self) -> None:
         """The server hangs: the kernel accepts connections, nothing answers."""
-        _signal(self.proc, signal.SIGSTOP)
+        if self.proc is not None and self.proc.poll() is None:
+            stop_process(self.proc.pid)
 
     def resume(self) -> None:
         _signal(self.proc, signal.SIGCONT)
@@ -337,7 +338,9 @@ class CephRGW:
 
     def pause(self) -> None:
         """radosgw hangs: the kernel accepts connections, nothing answers."""
-        _signal(self.procs.get("rgw"), signal.SIGSTOP)
+        rgw = self.procs.get("rgw")
+        if rgw is not None and rgw.poll() is None:
+            stop_process(rgw.pid)
 
     def resume(self) -> None:
         _signal(self.procs.get("rgw"), signal.SIGCONT)
