@@ -69,8 +69,9 @@ async def await_to_end(work: Awaitable[_T], *, consume: bool = True) -> _T:
     (the cancellation guarantee). *work* runs as its own task; cancellations of the caller while
     it runs are ignored and consumed (``uncancel``), so the caller gets *work*'s result (or its
     exception) as if no cancellation had come: it then returns normally, and ``asyncio.timeout``
-    simply exits without ``TimeoutError`` because the work finished. Only commits use it (one
-    task per network request or file commit is noise), never the per-call hot path.
+    simply exits without ``TimeoutError`` because the work finished. Only commits and batch
+    deletes use it (one task per network request, file commit or batch is noise), never the
+    per-call hot path.
 
     With *consume* ``False`` the cancellation is kept instead: once *work* has ended,
     ``CancelledError`` is raised in place of its result (its exception, if it failed, still
