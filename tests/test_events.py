@@ -269,6 +269,7 @@ async def test_cancelled_clear_stops_after_the_batch_whose_events_wait(
     task.cancel()
     for _ in range(100):
         await asyncio.sleep(0)
+    assert not task.done()  # its batch's events still wait for room
     assert await remaining(store) == KEYS[1000:]
     gate.open.set()
     with pytest.raises(asyncio.CancelledError):
