@@ -132,6 +132,58 @@ def test_cp_and_mv_between_backends_files_and_within_one_backend(work: Path, tmp
     assert tree(tmp_path / "backup") == {"b/doc.md": b"# doc\n", "moved.md": b"# doc\n"}
 
 
+def test_mv_and_cp_refuse_a_destination_that_is_the_source(work: Path, tmp_path: Path) -> None:
+    """The same file or object by another name (a folder, a local backend's own file, two
+    backends on one root, one reached through a symlink) is refused: nothing is lost."""
+    (work / "f.txt").write_bytes(b"file")
+    ok(work, "put", "-", "files:o.txt", input=b"object")
+    stored = tmp_path / "files" / "o.txt"
+    for args in (("mv", "f.txt", "f.txt"), ("mv", "f.txt", "./"), ("cp", "f.txt", "f.txt"),
+                 ("mv", "f.txt", str(work / "f.txt")), ("mv", "files:o.txt", "files:o.txt"),
+                 ("mv", "files:o.txt", str(stored)), ("mv", str(stored), "files:"),
+                 ("cp", "files:o.txt", str(tmp_path / "files"))):
+        result = run(work, *args)
+        assert result.code == 2, (args, result.err)
+        assert result.err.startswith("error: ") and " are the same " in result.err, result.err
+        assert result.err.count("\n") == 1
+    assert (work / "f.txt").read_bytes() == b"file" and stored.read_bytes() == b"object"
+
+    shared = tmp_path / "shared"
+    (tmp_path / "link").symlink_to(tmp_path / "files", target_is_directory=True)
+    shared.mkdir()
+    write_config(shared, [local_backend("loc", tmp_path / "files"),
+                          local_backend("loc2", tmp_path / "files"),
+                          local_backend("via", tmp_path / "link"),
+                          local_backend("inner", tmp_path / "files" / "in")])
+    ok(shared, "put", "-", "loc:in/x.txt", input=b"inner")
+    for args, message in (
+            (("mv", "loc:o.txt", "loc2:o.txt"), "loc:o.txt and loc2:o.txt"),
+            (("mv", "loc:o.txt", "via:"), "loc:o.txt and via:o.txt"),
+            (("cp", "loc2:o.txt", "loc:o.txt"), "loc2:o.txt and loc:o.txt"),
+            (("mv", "loc:in/x.txt", "inner:x.txt"), "loc:in/x.txt and inner:x.txt"),
+            (("mv", "inner:x.txt", "loc2:in/"), "inner:x.txt and loc2:in/x.txt")):
+        result = run(shared, *args)
+        assert (result.code, result.err) == (2, f"error: {message} are the same object\n")
+    assert stored.read_bytes() == b"object"
+    assert (tmp_path / "files" / "in" / "x.txt").read_bytes() == b"inner"
+    # another key on the same root is an ordinary move
+    assert ok(shared, "mv", "loc:o.txt", "loc2:p.txt").text == "moved loc:o.txt -> loc2:p.txt\n"
+    assert (tmp_path / "files" / "p.txt").read_bytes() == b"object" and not stored.exists()
+
+
+def test_sync_refuses_folders_or_prefixes_that_overlap(work: Path, tmp_path: Path) -> None:
+    _make_folder(tmp_path / "files", {"a/x.txt": b"x", "a/b/y.txt": b"y"})
+    before = tree(tmp_path / "files")
+    (work / "site").mkdir()
+    for src, dst in (("files:a", "files:a/b"), ("files:a/b", "files:a"), ("files:a", "files:a/"),
+                     ("files:", "files:a"), (str(tmp_path / "files" / "a"), "files:a/b"),
+                     ("files:a/b", str(tmp_path / "files")), ("site", "site/sub")):
+        result = run(work, "sync", src, dst, "--delete")
+        assert (result.code, result.err) == (2, f"error: {src} and {dst} overlap: sync needs "
+                                                "two separate folders or prefixes\n")
+    assert tree(tmp_path / "files") == before
+
+
 def test_rm_one_object_and_a_prefix(work: Path) -> None:
     for key in ("x/1", "x/2", "x/y/3", "xx"):
         ok(work, "put", "-", f"files:{key}", input=b".")
@@ -140,6 +192,21 @@ def test_rm_one_object_and_a_prefix(work: Path) -> None:
     assert ok(work, "ls", "-r", "files:").text == ""
     result = run(work, "rm", "files:xx")
     assert (result.code, result.err) == (1, "error: files: object not found (key 'xx')\n")
+
+
+def test_a_reader_closing_stdout_ends_the_command_quietly(work: Path, tmp_path: Path) -> None:
+    """``cat ... | head`` and ``ls -r ... | head``: exit 141 (as a command killed by SIGPIPE),
+    nothing on stderr."""
+    ok(work, "put", "-", "files:big.bin", input=os.urandom(8 * 1024 * 1024))
+    _make_folder(tmp_path / "files" / "many", {f"object-{i:05}.txt": b"." for i in range(3000)})
+    for args in (("cat", "files:big.bin"), ("ls", "-r", "files:many")):
+        proc = subprocess.Popen(command(*args), cwd=work, env=cli_env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert proc.stdout is not None and proc.stderr is not None
+        assert len(proc.stdout.read(10)) == 10
+        proc.stdout.close()  # as head does once it has its lines
+        err = proc.stderr.read()
+        assert (proc.wait(timeout=60), err) == (141, b""), args
 
 
 # ---------------------------------------------------------------------- errors and exit codes
@@ -295,6 +362,42 @@ def test_sync_reports_a_failed_object_and_exits_1(work: Path, tmp_path: Path) ->
     assert result.err.startswith("error: src/bad\\name.txt -> files:bad\\name.txt: files: ")
 
 
+def _as_an_ordinary_user() -> None:
+    """In the child before exec: as root, give up the capabilities to read and enter any
+    folder (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH), so file permissions apply."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for capability in (1, 2):
+        if libc.prctl(24, capability, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="drops root's capabilities "
+                                                                  "with Linux's prctl")
+def test_sync_delete_keeps_what_an_unreadable_local_folder_may_hold(work: Path,
+                                                                    tmp_path: Path) -> None:
+    src = work / "src"
+    _make_folder(src, {"a.txt": b"a", "sub/b.txt": b"b", "sub/deeper/c.txt": b"c"})
+    ok(work, "sync", "src", "files:dst")
+    (src / "new.txt").write_bytes(b"new")
+    (src / "a.txt").unlink()
+    (src / "sub").chmod(0)
+    try:
+        done = subprocess.run(command("sync", "src", "files:dst", "--delete", "--json"),
+                              cwd=work, env=cli_env(), capture_output=True, timeout=120,
+                              preexec_fn=_as_an_ordinary_user if os.geteuid() == 0 else None)
+    finally:
+        (src / "sub").chmod(0o755)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.decode() == "error: src/sub: Permission denied\n"
+    report = json.loads(done.stdout)
+    assert report["copied"] == ["new.txt"] and report["deleted"] == []
+    assert report["failed"] == {"sub/": "Permission denied"}
+    assert tree(tmp_path / "files" / "dst") == {"a.txt": b"a", "new.txt": b"new",
+                                                "sub/b.txt": b"b", "sub/deeper/c.txt": b"c"}
+
+
 def test_an_interrupted_sync_leaves_complete_objects_and_a_rerun_finishes(work: Path,
                                                                           tmp_path: Path) -> None:
     src = work / "big"
@@ -317,6 +420,37 @@ def test_an_interrupted_sync_leaves_complete_objects_and_a_rerun_finishes(work: 
     rerun = json.loads(ok(work, "sync", "big", "backup:big", "--json").out)
     assert rerun["unchanged"] == len(stored) and len(rerun["copied"]) == 48 - len(stored)
     assert tree(tmp_path / "backup" / "big") == source
+
+
+def test_ctrl_c_ends_a_put_from_stdin_and_a_cat_to_stdout_while_they_wait(work: Path) -> None:
+    """Blocked on a pipe whose other end stays open (``sleep 30 | lexigram-storage put -``,
+    ``lexigram-storage cat ... | a reader that waits``), the command still ends on Ctrl-C."""
+    put = subprocess.Popen(command("put", "-", "files:x"), cwd=work, env=cli_env(),
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert put.stdin is not None
+    for _ in range(4):  # far more than a pipe buffers: the command is reading its stdin
+        put.stdin.write(os.urandom(1024 * 1024))
+        put.stdin.flush()
+    ok(work, "put", "-", "files:big.bin", input=os.urandom(8 * 1024 * 1024))
+    cat = subprocess.Popen(command("cat", "files:big.bin"), cwd=work, env=cli_env(),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert cat.stdout is not None
+    assert len(cat.stdout.read(1024)) == 1024  # writing, and now blocked on the full pipe
+    try:
+        for proc in (put, cat):
+            proc.send_signal(2)  # SIGINT, as Ctrl-C
+            assert proc.stderr is not None
+            assert proc.wait(timeout=60) == 130
+            assert proc.stderr.read() == b"error: interrupted\n"
+    finally:
+        for proc in (put, cat):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            for stream in (proc.stdin, proc.stdout, proc.stderr):
+                if stream is not None:
+                    stream.close()
+    assert run(work, "info", "files:x").code == 1  # the upload stored nothing
 
 
 # Runs `python -m lexigram_storage ARGS` and writes the process's peak RSS (VmHWM, in KiB) to
@@ -391,6 +525,8 @@ def test_progress_bars_only_on_a_terminal(work: Path) -> None:
     assert piped.err == ""
     screen = _on_a_terminal(work, "cp", "files:f.bin", "backup:f.bin")
     assert "files:f.bin -> backup:f.bin" in screen and "2.0/2.0 MiB" in screen, screen
+    screen = _on_a_terminal(work, "put", "f.bin", "backup:put.bin")  # read by the driver
+    assert "f.bin -> backup:put.bin" in screen and "2.0/2.0 MiB" in screen, screen
     (work / "tree" / "sub").mkdir(parents=True)
     for name in ("a", "b", "sub/c"):
         (work / "tree" / name).write_bytes(os.urandom(300_000))

@@ -3,6 +3,7 @@ Azurite (Azure), each beside a local backend, run as a subprocess like a user wo
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -15,7 +16,7 @@ import pytest
 from tests.azurite_server import AzuriteSettings, azure_service_for
 from tests.cli_support import cli_env, command, local_backend, ok, run, tree, write_config
 from tests.emulators import S3Settings, create_bucket
-from tests.gcs_server import GcsSettings
+from tests.gcs_server import FaultProxy, GcsSettings
 
 MiB = 1024 * 1024
 
@@ -97,6 +98,27 @@ def test_commands_on_a_server_backend(work: Path, remote: dict[str, Any]) -> Non
     assert ok(work, "ls", "-r", "remote:").text == ""
 
 
+def test_two_backend_names_on_one_bucket_are_one_place(tmp_path: Path, remote: dict[str, Any]
+                                                        ) -> None:
+    """mv, cp and sync between two names of one bucket (or container) refuse what would write
+    an object onto itself or sync a prefix into itself."""
+    write_config(tmp_path, [remote, {**remote, "name": "again"}])
+    ok(tmp_path, "put", "-", "remote:a/k.txt", input=b"kept")
+    for args, message in (
+            (("mv", "remote:a/k.txt", "again:a/k.txt"),
+             "remote:a/k.txt and again:a/k.txt are the same object"),
+            (("cp", "again:a/k.txt", "remote:a/"),
+             "again:a/k.txt and remote:a/k.txt are the same object"),
+            (("sync", "remote:a", "again:a/b", "--delete"),
+             "remote:a and again:a/b overlap: sync needs two separate folders or prefixes")):
+        result = run(tmp_path, *args)
+        assert (result.code, result.err) == (2, f"error: {message}\n")
+    assert ok(tmp_path, "ls", "-r", "again:").text == "a/k.txt\n"
+    assert ok(tmp_path, "cat", "again:a/k.txt").out == b"kept"
+    ok(tmp_path, "mv", "remote:a/k.txt", "again:b/k.txt")  # another key: an ordinary move
+    assert ok(tmp_path, "ls", "-r", "remote:").text == "b/k.txt\n"
+
+
 def test_sync_folder_to_server_and_back(work: Path) -> None:
     src = work / "site"
     files = {"index.html": b"<p>hi</p>", "a/b/c.txt": b"c" * 100, "big.bin": os.urandom(2 * MiB)}
@@ -135,3 +157,32 @@ def test_an_interrupted_sync_to_a_server_finishes_when_run_again(work: Path) -> 
     assert rerun["unchanged"] == len(listed)  # what was stored is complete: not copied again
     ok(work, "sync", "remote:many", "back")
     assert tree(work / "back") == tree(src)
+
+
+async def test_put_and_sync_hand_a_file_of_known_size_to_the_driver(
+        tmp_path: Path, gcs_proxy: FaultProxy, gcs_server: GcsSettings, gcs_bucket: str) -> None:
+    """A local file reaches the driver as a file, its size known: on GCS a file above the
+    resumable threshold goes as one streamed PUT of all its bytes with its digest set at the
+    start, not as chunks of a stream of unknown size followed by a metadata PATCH."""
+    write_config(tmp_path, [{"name": "remote", "driver": "gcs", "gcs": {
+        "bucket": gcs_bucket, "endpoint_url": gcs_proxy.endpoint,
+        "credentials_path": gcs_server.service_file, "resumable_threshold": MiB,
+        "chunk_size": MiB}}])
+    data = os.urandom(3 * MiB + 5)
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "big.bin").write_bytes(data)
+    async def cli(*args: str) -> bytes:  # the proxy answers meanwhile: no blocking wait
+        proc = await asyncio.create_subprocess_exec(
+            *command(*args), cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 120)
+        assert proc.returncode == 0, err
+        return out
+
+    for args in (("put", "site/big.bin", "remote:put/big.bin"), ("sync", "site", "remote:sync")):
+        gcs_proxy.seen.clear()
+        await cli(*args)
+        assert gcs_proxy.requests("PATCH") == []
+        [upload] = gcs_proxy.requests("PUT", "/upload/")
+        assert upload.headers["content-range"] == f"bytes 0-{len(data) - 1}/{len(data)}"
+    assert await cli("cat", "remote:sync/big.bin") == data

@@ -133,6 +133,7 @@ async def test_delete_says_whether_the_key_was_there(store: Store) -> None:
 
 @pytest.mark.parametrize("value", [
     {1, 2}, object(), b"bytes", math.nan, {"x": math.inf}, {"k": {(1, 2): "tuple key"}},
+    {1: "a", "1": "b"}, [{"ok": {None: 1}}],  # non-str keys: JSON would turn them into str
 ])
 async def test_a_non_json_value_is_a_type_error_naming_the_key(store: Store, value: Any) -> None:
     await store.set("session:42", "old")
@@ -179,6 +180,7 @@ async def test_keys_and_namespaces_must_be_text(store: Store) -> None:
 
 @pytest.mark.parametrize(("ttl", "error"), [
     (0, ValueError), (-1, ValueError), (math.nan, ValueError), ("5", TypeError), (True, TypeError),
+    (math.inf, ValueError), (10**400, ValueError),
 ])
 async def test_invalid_ttls(store: Store, ttl: Any, error: type[Exception]) -> None:
     with pytest.raises(error):

@@ -2,13 +2,15 @@
 lexigram-cli contributor, ``lexigram storage``).
 
 Exit codes: 0 success, 1 an operation failed, 2 usage or configuration error, 130 interrupted
-(Ctrl-C). Errors are one line on stderr naming the backend and the key; ``--debug`` adds the
+(Ctrl-C), 141 stdout closed by its reader (``cat ... | head``; quietly, as a command killed by
+SIGPIPE). Errors are one line on stderr naming the backend and the key; ``--debug`` adds the
 traceback. Output meant for scripts (``--json``) and object contents (``cat``, ``get KEY -``)
 go to stdout; progress bars and errors to stderr.
 """
 
 import asyncio
 import json
+import os
 import re
 import sys
 import traceback
@@ -95,6 +97,11 @@ def _guarded(options: Options, main: Callable[[], Awaitable[int]]) -> int:
     except KeyboardInterrupt:
         _error(options, "interrupted")
         return 130
+    except BrokenPipeError:  # drivers report their connections' errors as StorageError
+        # stdout's reader left: what is still buffered for it can never be written, and
+        # flushing it at exit would raise again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except (UsageError, InvalidPathError, InvalidUploadOptionError) as exc:
         _error(options, _text(exc))
         return 2

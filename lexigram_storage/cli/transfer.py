@@ -3,27 +3,38 @@ and ``sync``.
 
 Everything streams in chunks of ``CHUNK`` bytes: nothing reads a file or an object whole, so
 a transfer holds at most a few chunks per running copy (plus what the destination driver
-buffers for one upload: its part size times its parts in flight). Objects are written with the
-driver's upload, which stores nothing unless it completes; local files are written to a hidden
-temporary file beside the destination and renamed over it at the end. An interrupted command
-therefore leaves every destination either as it was or complete, and a re-run ``sync`` picks up
-where it stopped.
+buffers for one upload: its part size times its parts in flight). A local file is handed to
+the driver's upload as an open file, its size known, so each driver takes its path for that.
+A destination that is the source itself, or a sync between places of which one holds the
+other, is refused: writing then removing (or deleting what the source lacks) would lose data.
+
+Objects are written with the driver's upload, which stores nothing unless it completes; local
+files are written to a hidden temporary file beside the destination and renamed over it at the
+end. An interrupted command therefore leaves every destination either as it was or complete,
+and a re-run ``sync`` picks up where it stopped.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
+import io
 import os
 import sys
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, TypeVar
 
 from lexigram_storage.cli.output import Forward, Meter
 from lexigram_storage.cli.session import Backends, LocalRef, ObjectRef, Ref, StdioRef, UsageError
+from lexigram_storage.drivers.base import BaseDriver
+from lexigram_storage.drivers.local import LocalDriver
+from lexigram_storage.drivers.local.layout import components
+from lexigram_storage.drivers.memory import MemoryDriver
 
 __all__ = ["CHUNK", "SyncResult", "copy", "folder", "move", "sync"]
 
@@ -31,12 +42,13 @@ CHUNK = 1024 * 1024
 # temporary files of unfinished local writes: skipped when a local folder is read
 _PART = ".lexigram-part-"
 
+_T = TypeVar("_T")
+
 
 @dataclass(frozen=True)
 class _Source:
     """What a copy reads: its chunks, its size if known, and the attributes to keep."""
 
-    name: str
     size: int | None
     chunks: Callable[[], AsyncIterator[bytes]]
     content_type: str | None = None
@@ -58,16 +70,47 @@ async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
             yield chunk
 
 
+def _stdio(call: Callable[[], _T]) -> asyncio.Future[_T]:
+    """Run *call*, a read of stdin or a write to stdout, in a daemon thread of its own.
+
+    Not in the default executor: ``asyncio.run`` waits for that executor's threads before it
+    returns, and such a call can block for as long as the other end keeps the pipe open
+    (``sleep 30 | lexigram-storage put - ...``), Ctrl-C or not. A daemon thread still blocked
+    then ends with the process. The calls use the descriptors (``os.read``, ``os.write``), not
+    ``sys.stdin``/``sys.stdout``, whose locks an abandoned thread would keep at exit."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[_T] = loop.create_future()
+
+    def settle(outcome: tuple[_T] | BaseException) -> None:
+        if future.done():  # cancelled (Ctrl-C) meanwhile
+            return
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome[0])
+
+    def run() -> None:
+        outcome: tuple[_T] | BaseException
+        try:
+            outcome = (call(),)
+        except Exception as exc:
+            outcome = exc
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
+            loop.call_soon_threadsafe(settle, outcome)
+
+    threading.Thread(target=run, name="lexigram-storage-stdio", daemon=True).start()
+    return future
+
+
 async def _stdin_chunks() -> AsyncIterator[bytes]:
-    stdin = sys.stdin.buffer
-    read = getattr(stdin, "read1", stdin.read)  # read1: what has arrived, up to CHUNK bytes
-    while chunk := await asyncio.to_thread(read, CHUNK):
+    fd = sys.stdin.fileno()
+    while chunk := await _stdio(lambda: os.read(fd, CHUNK)):  # what has arrived, up to CHUNK
         yield chunk
 
 
 async def _source(backends: Backends, ref: Ref) -> _Source:
     if isinstance(ref, StdioRef):
-        return _Source("-", None, _stdin_chunks)
+        return _Source(None, _stdin_chunks)
     if isinstance(ref, LocalRef):
         try:
             size = ref.path.stat().st_size
@@ -76,12 +119,32 @@ async def _source(backends: Backends, ref: Ref) -> _Source:
         if ref.path.is_dir():
             raise UsageError(f"{ref.path} is a directory (use sync for folders)")
         path = ref.path
-        return _Source(path.name, size, lambda: _file_chunks(path))
+        return _Source(size, lambda: _file_chunks(path))
     driver = await backends.get(ref.backend)
     info = await driver.info(ref.key)
     key = ref.key
-    return _Source(PurePosixPath(key).name, info.size, lambda: driver.stream(key, CHUNK),
+    return _Source(info.size, lambda: driver.stream(key, CHUNK),
                    info.content_type, info.metadata or None, info.cache_control)
+
+
+class _MeteredFile(io.BufferedReader):
+    """A local file opened for a driver's upload: a seekable OS file whose size is known, so
+    each driver takes its path for a known size (one streamed request, or parts with the
+    digest computed upfront), that advances the progress bar by what the driver reads."""
+
+    def __init__(self, path: Path, advance: Callable[[int], None]) -> None:
+        super().__init__(io.FileIO(path, "rb"), CHUNK)
+        self._advance = advance
+
+    def read(self, size: int | None = -1) -> bytes:
+        data = super().read(size)
+        self._advance(len(data))
+        return data
+
+    def read1(self, size: int = -1) -> bytes:
+        data = super().read1(size)
+        self._advance(len(data))
+        return data
 
 
 async def _counted(chunks: AsyncIterator[bytes], advance: Callable[[int], None]
@@ -110,20 +173,93 @@ async def _write_file(path: Path, chunks: AsyncIterator[bytes]) -> None:
 
 
 async def _write_stdout(chunks: AsyncIterator[bytes]) -> None:
-    out = sys.stdout.buffer
+    sys.stdout.flush()  # what was printed before goes first
+    fd = sys.stdout.fileno()
+
+    def write_all(chunk: bytes) -> None:
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(fd, view):]
+
     async for chunk in chunks:
-        await asyncio.to_thread(out.write, chunk)
-    await asyncio.to_thread(out.flush)
+        await _stdio(functools.partial(write_all, chunk))
 
 
-def _target(dst: Ref, source_name: str) -> Ref:
+def _target(src: Ref, dst: Ref) -> Ref:
     """A destination naming a folder (``dir/``, an existing directory, ``NAME:``) gets the
     source's name appended."""
+    if isinstance(src, StdioRef):
+        name = "-"
+    else:
+        name = src.path.name if isinstance(src, LocalRef) else PurePosixPath(src.key).name
     if isinstance(dst, LocalRef) and (dst.folder or dst.path.is_dir()):
-        return LocalRef(dst.path / source_name)
+        return LocalRef(dst.path / name)
     if isinstance(dst, ObjectRef) and (dst.key == "" or dst.key.endswith("/")):
-        return ObjectRef(dst.backend, dst.key + source_name)
+        return ObjectRef(dst.backend, dst.key + name)
     return dst
+
+
+# ---------------------------------------------------------------------- where things are
+
+
+def _storage(driver: BaseDriver) -> tuple[object, ...]:
+    """What identifies where a backend keeps its objects: backends with equal values (one
+    bucket or container of one endpoint) hold the same object under the same key."""
+    if isinstance(driver, MemoryDriver):
+        return ("memory", id(driver))  # each instance has its own objects
+    endpoint = getattr(driver, "endpoint_url", None) or getattr(driver, "account_url", None)
+    return (driver.driver, endpoint, driver.bucket)
+
+
+def _local_path(backends: Backends, ref: LocalRef | ObjectRef) -> Path | None:
+    """The file or folder of a local path, or of a key (or prefix) of a local backend; ``None``
+    elsewhere. Two local backends can share files: one root, or a root inside another."""
+    if isinstance(ref, LocalRef):
+        return ref.path
+    driver = backends.driver(ref.backend)
+    if not isinstance(driver, LocalDriver):
+        return None
+    key = ref.key.strip("/")
+    return driver.root.joinpath(*components(key)) if key else driver.root
+
+
+def _refuse_same(backends: Backends, src: Ref, dst: Ref) -> None:
+    """``UsageError`` when *src* and the (resolved) destination *dst* are one object or file:
+    writing it then removing the source would lose it."""
+    if isinstance(src, StdioRef) or isinstance(dst, StdioRef):
+        return
+    here, there = _local_path(backends, src), _local_path(backends, dst)
+    if here is not None and there is not None:
+        try:
+            same = os.path.samefile(here, there)
+        except OSError:  # one of them does not exist
+            same = False
+    else:
+        same = (isinstance(src, ObjectRef) and isinstance(dst, ObjectRef) and src.key == dst.key
+                and (src.backend == dst.backend or _storage(backends.driver(src.backend))
+                     == _storage(backends.driver(dst.backend))))
+    if same:
+        what = "file" if isinstance(src, LocalRef) and isinstance(dst, LocalRef) else "object"
+        raise UsageError(f"{src} and {dst} are the same {what}")
+
+
+def _refuse_overlap(backends: Backends, src: LocalRef | ObjectRef, dst: LocalRef | ObjectRef
+                    ) -> None:
+    """``UsageError`` when one of two folders or prefixes holds the other: a sync would copy
+    into its own source, and ``--delete`` would remove source objects."""
+    here, there = _local_path(backends, src), _local_path(backends, dst)
+    if here is not None and there is not None:
+        a, b = Path(os.path.realpath(here)), Path(os.path.realpath(there))
+        overlap = a.is_relative_to(b) or b.is_relative_to(a)
+    elif isinstance(src, ObjectRef) and isinstance(dst, ObjectRef):
+        a_key, b_key = folder(src.key), folder(dst.key)
+        overlap = ((a_key.startswith(b_key) or b_key.startswith(a_key))
+                   and _storage(backends.driver(src.backend))
+                   == _storage(backends.driver(dst.backend)))
+    else:
+        overlap = False
+    if overlap:
+        raise UsageError(f"{src} and {dst} overlap: sync needs two separate folders or prefixes")
 
 
 # ---------------------------------------------------------------------- cp, mv
@@ -135,19 +271,17 @@ async def copy(backends: Backends, src: Ref, dst: Ref, meter: Meter, *,
     """Copy one object or file; return where it went. Within one backend the copy is the
     server's (no bytes pass through here). *content_type*, *metadata* and *if_absent* (create
     only) apply to uploads of a file or stdin (``put``)."""
+    dst = _target(src, dst)
+    _refuse_same(backends, src, dst)
     if isinstance(src, ObjectRef) and isinstance(dst, ObjectRef) and src.backend == dst.backend:
-        dst = _target(dst, PurePosixPath(src.key).name)
-        assert isinstance(dst, ObjectRef)
         await (await backends.get(src.backend)).copy(src.key, dst.key)
         return dst
     source = await _source(backends, src)
-    dst = _target(dst, source.name)
     with meter.transfer(f"{src} -> {dst}", source.size) as advance:
-        chunks = _counted(source.chunks(), advance)
         if isinstance(dst, StdioRef):
-            await _write_stdout(chunks)
+            await _write_stdout(_counted(source.chunks(), advance))
         elif isinstance(dst, LocalRef):
-            await _write_file(dst.path, chunks)
+            await _write_file(dst.path, _counted(source.chunks(), advance))
         else:
             driver = await backends.get(dst.backend)
             options: dict[str, Any] = {}
@@ -157,7 +291,13 @@ async def copy(backends: Backends, src: Ref, dst: Ref, meter: Meter, *,
                 options["cache_control"] = source.cache_control
             if if_absent:
                 options["if_none_match"] = "*"
-            await driver.upload(dst.key, chunks, content_type or source.content_type, **options)
+            content_type = content_type or source.content_type
+            if isinstance(src, LocalRef):
+                with await asyncio.to_thread(_MeteredFile, src.path, advance) as f:
+                    await driver.upload(dst.key, f, content_type, **options)
+            else:
+                await driver.upload(dst.key, _counted(source.chunks(), advance), content_type,
+                                    **options)
     return dst
 
 
@@ -166,10 +306,11 @@ async def move(backends: Backends, src: Ref, dst: Ref, meter: Meter) -> Ref:
     if isinstance(src, StdioRef):
         raise UsageError("mv cannot move from stdin (use cp or put)")
     if isinstance(src, ObjectRef) and isinstance(dst, ObjectRef) and src.backend == dst.backend:
-        dst = _target(dst, PurePosixPath(src.key).name)
-        assert isinstance(dst, ObjectRef)
-        await (await backends.get(src.backend)).move(src.key, dst.key)
-        return dst
+        target = _target(src, dst)
+        assert isinstance(target, ObjectRef)
+        _refuse_same(backends, src, target)
+        await (await backends.get(src.backend)).move(src.key, target.key)
+        return target
     done = await copy(backends, src, dst, meter)
     if isinstance(src, LocalRef):
         await asyncio.to_thread(os.unlink, src.path)
@@ -201,9 +342,15 @@ class SyncResult:
                 "bytes": self.bytes, "failed": self.failed, "dry_run": self.dry_run}
 
 
-def _walk(root: Path) -> Iterator[tuple[str, Path]]:
-    """Every regular file under *root* as (relative key, path), unfinished writes left out."""
-    for top, dirs, files in os.walk(root):
+def _walk(root: Path, failed: dict[str, str]) -> Iterator[tuple[str, Path]]:
+    """Every regular file under *root* as (relative key, path), unfinished writes left out.
+    A folder that cannot be read goes into *failed* (``"sub/dir/"``: the reason): its files
+    are unknown, not absent."""
+    def unreadable(error: OSError) -> None:
+        where = Path(error.filename or root).relative_to(root).as_posix()
+        failed[folder("" if where == "." else where)] = error.strerror or str(error)
+
+    for top, dirs, files in os.walk(root, onerror=unreadable):
         dirs.sort()
         for name in sorted(files):
             path = Path(top, name)
@@ -212,8 +359,9 @@ def _walk(root: Path) -> Iterator[tuple[str, Path]]:
             yield path.relative_to(root).as_posix(), path
 
 
-async def _listing(backends: Backends, ref: LocalRef | ObjectRef, *, must_exist: bool
-                   ) -> dict[str, _Entry]:
+async def _listing(backends: Backends, ref: LocalRef | ObjectRef, failed: dict[str, str], *,
+                   must_exist: bool) -> dict[str, _Entry]:
+    """What *ref* holds by relative key; what could not be listed goes into *failed*."""
     if isinstance(ref, LocalRef):
         if not ref.path.is_dir():
             if must_exist or ref.path.exists():
@@ -221,7 +369,8 @@ async def _listing(backends: Backends, ref: LocalRef | ObjectRef, *, must_exist:
             return {}
 
         def scan() -> dict[str, _Entry]:
-            return {rel: _Entry(path.stat().st_size, None) for rel, path in _walk(ref.path)}
+            return {rel: _Entry(path.stat().st_size, None)
+                    for rel, path in _walk(ref.path, failed)}
         return await asyncio.to_thread(scan)
     driver = await backends.get(ref.backend)
     prefix = folder(ref.key)
@@ -280,10 +429,18 @@ async def sync(backends: Backends, src: LocalRef | ObjectRef, dst: LocalRef | Ob
                ) -> SyncResult:
     """Make *dst* hold what *src* holds: copy what is missing or differs by size or etag
     (content type, metadata and cache control kept), and with *delete* remove what *src*
-    lacks. Each copy is complete or absent, so an interrupted sync can simply be run again."""
+    lacks. Each copy is complete or absent, so an interrupted sync can simply be run again.
+    Any failure, a local folder that cannot be read included, prevents every deletion."""
+    _refuse_overlap(backends, src, dst)
     result = SyncResult(dry_run=dry_run)
-    source = await _listing(backends, src, must_exist=True)
-    target = await _listing(backends, dst, must_exist=False)
+    listings = []
+    for ref, must_exist in ((src, True), (dst, False)):
+        unread: dict[str, str] = {}
+        listings.append(await _listing(backends, ref, unread, must_exist=must_exist))
+        for rel, reason in unread.items():
+            result.failed[rel] = reason
+            report("failed", f"{_child(ref, rel)}: {reason}")
+    source, target = listings
 
     candidates = sorted(source)
     to_copy: list[str] = []

@@ -12,8 +12,10 @@ prefix, signing region and service of the bucket (read from a presigned URL), an
 credentials object (static, or refreshed by botocore's chain).
 
 Answers are turned into what botocore would have raised, so the driver's error mapping is the
-one for both paths: an error status becomes a ``ClientError`` with the S3 error code (the XML
-``<Code>``, or the status for a bodiless HEAD answer) and status; a header the HTTP client
+one for both paths: an error status, or a redirect (never followed, as botocore's HTTP session
+does not follow one: ``PermanentRedirect``, ``TemporaryRedirect``), becomes a ``ClientError``
+with the S3 error code (the XML ``<Code>``, or the status for a bodiless HEAD answer) and
+status; a header the HTTP client
 refuses to send becomes ``HTTPClientError``; non-ASCII metadata ``ParamValidationError``
 (botocore's ``validate_ascii_metadata``); connection failures and timeouts stay aiohttp's and
 asyncio's own. Retries follow botocore's standard mode: the same transient and throttling
@@ -159,9 +161,12 @@ class DirectS3:
         while True:
             signed = await self._signed(method, path, headers, body_sha256)
             try:
+                # a redirect is an answer, as for botocore: never followed (aiohttp would
+                # send the body to the named host, unsigned, and report its answer)
                 async with self.session.request(
                         method, url, headers=signed, proxy=self.proxy, proxy_auth=self.proxy_auth,
                         data=idle_bounded_body(body, self.read_timeout) if body else None,
+                        allow_redirects=False,
                 ) as answer:
                     data = b"" if method == "HEAD" else await answer.read()
                     if answer.status < 300:

@@ -22,6 +22,11 @@ only known after the last part, so the finished object is copied onto itself ser
 files have their digest upfront (files are hashed in a worker thread first, without moving
 their position) and need no copy; if a file changes while it is uploaded, the copy records the
 digest of what was actually sent.
+
+A create-only upload (``If-None-Match: *``) also stores a random token of its own in the hidden
+entry ``x-amz-meta-lexigram-upload``: a 412 may answer a retry of an attempt that stored the
+object but whose answer was lost, so every 412 is checked with a HeadObject, and the object
+holding this upload's token is this upload's success (``S3Driver._refused_create``).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import base64
 import contextlib
 import io
 import math
+import secrets
 import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -97,7 +103,11 @@ MAX_OBJECT_SIZE = 5 * 1024 * GiB
 DIGEST_METADATA_KEY = "lexigram-sha256"
 #: the entry written by earlier versions (hex MD5): hidden from the user metadata too
 _LEGACY_DIGEST_KEY = "lexigram-md5"
-_RESERVED_METADATA = (DIGEST_METADATA_KEY, _LEGACY_DIGEST_KEY)
+#: the entry holding a create-only upload's own random token, hidden from the user metadata
+#: too: when a create-only write is refused (412), the object's token tells whether it is this
+#: upload's own (an earlier attempt stored it but its answer was lost)
+_UPLOAD_TOKEN_KEY = "lexigram-upload"
+_RESERVED_METADATA = (DIGEST_METADATA_KEY, _LEGACY_DIGEST_KEY, _UPLOAD_TOKEN_KEY)
 _NOT_FOUND = frozenset({"NoSuchKey", "404", "NotFound"})
 _NO_BUCKET = frozenset({"NoSuchBucket"})
 _DENIED = frozenset({"AccessDenied", "403", "Forbidden", "InvalidAccessKeyId",
@@ -431,8 +441,8 @@ class S3Driver(BaseDriver):
 
     def _info_from_head(self, key: str, head: dict[str, Any]) -> ObjectInfo:
         raw_meta = dict(head.get("Metadata") or {})
-        digest = raw_meta.pop(DIGEST_METADATA_KEY, None)
-        raw_meta.pop(_LEGACY_DIGEST_KEY, None)
+        digest = raw_meta.get(DIGEST_METADATA_KEY)
+        raw_meta = _user_metadata(raw_meta)
         etag = digest or str(head.get("ETag") or "").strip('"') or None
         modified = head.get("LastModified")
         modified = modified.astimezone(UTC) if isinstance(modified, datetime) else datetime.now(UTC)
@@ -447,11 +457,16 @@ class S3Driver(BaseDriver):
             cache_control=head.get("CacheControl"),
         )
 
-    def _write_params(self, payload: Payload, digest: str | None) -> dict[str, Any]:
+    def _write_params(self, payload: Payload, digest: str | None, token: str | None
+                      ) -> dict[str, Any]:
+        """PutObject/CreateMultipartUpload/CopyObject parameters: content type, metadata with
+        the digest and the create-only upload's token (when known), cache control, SSE."""
         request = payload.request
         metadata = _user_metadata(request.metadata)
         if digest is not None:
             metadata[DIGEST_METADATA_KEY] = digest
+        if token is not None:
+            metadata[_UPLOAD_TOKEN_KEY] = token
         params: dict[str, Any] = {"ContentType": request.content_type, "Metadata": metadata}
         if request.cache_control:
             params["CacheControl"] = request.cache_control
@@ -470,37 +485,49 @@ class S3Driver(BaseDriver):
 
     async def _write(self, key: str, payload: Payload) -> ObjectInfo:
         client = await self._get_client()
+        token = secrets.token_urlsafe(16) if payload.request.create_only else None
 
         async def put_whole(body: bytes) -> dict[str, Any]:
-            return await self._put_single(client, key, payload, body)
-
-        response = await upload(payload, self.part_rules, put_whole,
-                                _Multipart(self, client, key, payload))
-        return self._written_info(key, payload, response)
-
-    async def _put_single(self, client: Any, key: str, payload: Payload, body: bytes
-                          ) -> dict[str, Any]:
-        digest = payload.etag
-        params = self._write_params(payload, digest)
-        # the server checks the body against it (and skips botocore's default CRC32)
-        params["ChecksumSHA256"] = base64.b64encode(bytes.fromhex(digest)).decode()
-        if payload.request.create_only:
-            params["IfNoneMatch"] = "*"
-        try:
             # the commit: once the request is sent the server may store the object, so the
             # call waits for the answer even if cancelled (the cancellation guarantee)
+            return await await_to_end(self._put_single(client, key, payload, body, token))
+
+        response = await upload(payload, self.part_rules, put_whole,
+                                _Multipart(self, client, key, payload, token=token))
+        return self._written_info(key, payload, response)
+
+    async def _put_single(self, client: Any, key: str, payload: Payload, body: bytes,
+                          token: str | None) -> dict[str, Any]:
+        digest = payload.etag
+        params = self._write_params(payload, digest, token)
+        # the server checks the body against it (and skips botocore's default CRC32)
+        params["ChecksumSHA256"] = base64.b64encode(bytes.fromhex(digest)).decode()
+        if token is not None:
+            params["IfNoneMatch"] = "*"
+        try:
             if self._direct is not None:
-                answer = await await_to_end(
-                    self._direct.put_object(key, body, _put_headers(params), digest))
-                response: dict[str, Any] = {"ETag": answer.headers.get("ETag")}
-            else:
-                response = await await_to_end(
-                    client.put_object(Bucket=self._bucket, Key=key, Body=body, **params))
+                answer = await self._direct.put_object(key, body, _put_headers(params), digest)
+                return {"ETag": answer.headers.get("ETag")}
+            response: dict[str, Any] = await client.put_object(Bucket=self._bucket, Key=key,
+                                                               Body=body, **params)
         except boto_exc.ClientError as exc:
-            if payload.request.create_only and _is_precondition_failure(exc):
-                raise create_only_conflict(self.name, key) from exc
+            if token is not None and _is_precondition_failure(exc):
+                return await self._refused_create(exc, key, token)
             raise
         return response
+
+    async def _refused_create(self, exc: boto_exc.ClientError, key: str, token: str
+                              ) -> dict[str, Any]:
+        """A create-only write (PutObject, CompleteMultipartUpload) answered 412: an object
+        exists, but it may be this upload's own, stored by an earlier attempt whose answer was
+        lost. Retries happen where the driver cannot count them (botocore's, and aiohttp's
+        silent resend of a PUT on a reused connection the server closed), so a HEAD decides
+        after every 412: this upload's token, the upload succeeded (the HeadObject fields are
+        the write's answer); anything else (another object, or none any more), the conflict."""
+        head = await self._head_answer(key)
+        if head is None or (head.get("Metadata") or {}).get(_UPLOAD_TOKEN_KEY) != token:
+            raise create_only_conflict(self.name, key) from exc
+        return head
 
     def _written_info(self, key: str, payload: Payload, response: dict[str, Any]) -> ObjectInfo:
         request = payload.request
@@ -599,18 +626,22 @@ class S3Driver(BaseDriver):
         return data
 
     async def _head(self, key: str) -> ObjectInfo | None:
+        head = await self._head_answer(key)
+        return None if head is None else self._info_from_head(key, head)
+
+    async def _head_answer(self, key: str) -> dict[str, Any] | None:
+        """The HeadObject answer's fields (``None``: no such object)."""
         direct = await self._get_direct()
         try:
             if direct is not None:
-                head = _head_fields((await direct.head_object(key)).headers)
-            else:
-                client = await self._get_client()
-                head = await client.head_object(Bucket=self._bucket, Key=key)
+                return _head_fields((await direct.head_object(key)).headers)
+            client = await self._get_client()
+            head: dict[str, Any] = await client.head_object(Bucket=self._bucket, Key=key)
         except boto_exc.ClientError as exc:
             if _code(exc) in _NOT_FOUND or _status(exc) == 404:
                 return None
             raise
-        return self._info_from_head(key, head)
+        return head
 
     # ------------------------------------------------------------------ deleting
 
@@ -775,20 +806,22 @@ class _Multipart:
     copies of a multipart copy and the self-copy recording a digest known only at the end)."""
 
     def __init__(self, driver: S3Driver, client: Any, key: str, payload: Payload | None = None,
-                 params: dict[str, Any] | None = None) -> None:
+                 params: dict[str, Any] | None = None, token: str | None = None) -> None:
         self.driver = driver
         self.client = client
         self.bucket = driver.bucket
         self.key = key
         self.payload = payload
         self.params = params
+        #: a create-only upload's token (``S3Driver._refused_create``)
+        self.token = token
         self.upload_id: str | None = None
 
     async def start(self, digest: str | None) -> None:
         params = self.params
         if params is None:
             assert self.payload is not None
-            params = self.driver._write_params(self.payload, digest)
+            params = self.driver._write_params(self.payload, digest, self.token)
         created = await self.client.create_multipart_upload(Bucket=self.bucket, Key=self.key,
                                                             **params)
         self.upload_id = str(created["UploadId"])
@@ -818,7 +851,8 @@ class _Multipart:
                 **({"IfNoneMatch": "*"} if create_only else {}))
         except boto_exc.ClientError as exc:
             if create_only and _is_precondition_failure(exc):
-                raise create_only_conflict(self.driver.name, self.key) from exc
+                assert self.token is not None  # every create-only upload has one
+                return await self.driver._refused_create(exc, self.key, self.token)
             raise
         return dict(response)
 
@@ -845,7 +879,7 @@ class _Multipart:
         """A server-side copy of the object onto itself with the digest in its metadata,
         guarded by its ETag so a concurrent writer's object is never touched."""
         assert self.payload is not None
-        params = self.driver._write_params(self.payload, digest)
+        params = self.driver._write_params(self.payload, digest, self.token)
         try:
             await self.driver._server_copy(self.client, self.key, self.key, self.payload.size,
                                            params, if_match=str(result.get("ETag", "")))
@@ -877,11 +911,13 @@ def _put_headers(params: dict[str, Any]) -> dict[str, str]:
 
 def _head_fields(headers: Mapping[str, str]) -> dict[str, Any]:
     """The HeadObject fields ``_info_from_head`` reads, from the answer's headers (as botocore
-    parses them)."""
+    parses them: metadata names lower-case, whatever case the server or a proxy sent them in,
+    e.g. Go's canonical ``X-Amz-Meta-Lexigram-Sha256``)."""
     modified = headers.get("Last-Modified")
+    prefix = "x-amz-meta-"
     return {
-        "Metadata": {name[len("x-amz-meta-"):]: value for name, value in headers.items()
-                     if name.lower().startswith("x-amz-meta-")},
+        "Metadata": {name.lower()[len(prefix):]: value for name, value in headers.items()
+                     if name.lower().startswith(prefix)},
         "ContentLength": int(headers.get("Content-Length") or 0),
         "ContentType": headers.get("Content-Type"),
         "LastModified": parsedate_to_datetime(modified) if modified else None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import math
 import re
 import time
 from collections.abc import Callable
@@ -98,8 +99,9 @@ class KVStoreBase:
 
     def _encode(self, key: str, value: Any) -> str:
         try:
+            _check_object_keys(value)
             return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-        except (TypeError, ValueError) as exc:  # unknown type, NaN, circular reference
+        except (TypeError, ValueError, RecursionError) as exc:  # type, NaN, key, cycle
             raise InvalidPayloadError(f"value is not JSON ({exc})", backend=self.backend,
                                       key=key, cause=exc) from exc
 
@@ -125,11 +127,29 @@ class KVStoreBase:
         )
 
 
+def _check_object_keys(value: Any) -> None:
+    """Refuse a dict key that is not a ``str``: ``json.dumps`` would turn ``1`` into ``"1"``
+    (so ``{1: "a", "1": "b"}`` would silently lose an entry, and no value would read back as
+    it was set)."""
+    if isinstance(value, dict):
+        for name, item in value.items():
+            if not isinstance(name, str):
+                raise TypeError(f"object keys must be str, not {type(name).__name__} ({name!r})")
+            _check_object_keys(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _check_object_keys(item)
+
+
 def _check_ttl(ttl: float, name: str) -> None:
     if isinstance(ttl, bool) or not isinstance(ttl, int | float):
         raise TypeError(f"{name} must be a number of seconds, not {type(ttl).__name__}")
-    if not ttl > 0:  # also rejects NaN
-        raise ValueError(f"{name} must be more than 0 seconds, not {ttl!r}")
+    try:
+        finite = math.isfinite(ttl)
+    except OverflowError:  # an int too big for a float
+        finite = False
+    if not ttl > 0 or not finite:  # also rejects NaN
+        raise ValueError(f"{name} must be a finite number of seconds above 0, not {ttl!r}")
 
 
 def _encodable(text: str) -> bool:
