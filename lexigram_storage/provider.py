@@ -200,21 +200,30 @@ class StorageProvider(Provider):
     # ------------------------------------------------------------------ health
 
     async def health_check(self, timeout: float = 5.0) -> HealthCheckResult:
-        """Worst status over all backends, with per-backend details. Never raises."""
+        """Worst status over all backends and the key-value store. Never raises.
+
+        Details: ``backends`` (each backend's by its name), ``events`` (the event queue's
+        counters) and, with a key-value store, ``kv`` -- so no backend name can collide.
+        """
         start = time.perf_counter()
         try:
-            checked: dict[str, Any] = {**self.drivers, **({"kv": self.kv} if self.kv else {})}
-            results = await asyncio.gather(*(d.health_check(timeout) for d in checked.values()))
+            names = list(self.drivers)
+            checked: list[Any] = [*self.drivers.values(), *([self.kv] if self.kv else [])]
+            results = await asyncio.gather(*(d.health_check(timeout) for d in checked))
+            reports = [{"status": r.status.value, "error": r.error, **(r.details or {})}
+                       for r in results]
             details: dict[str, Any] = {
-                name: {"status": r.status.value, "error": r.error, **(r.details or {})}
-                for name, r in zip(checked, results, strict=True)
+                "backends": dict(zip(names, reports[:len(names)], strict=True)),
+                "events": self.events.stats(),
             }
+            if self.kv is not None:
+                details["kv"] = reports[len(names)]
             worst = max((r.status for r in results), key=lambda s: _RANK.get(s, 2),
                         default=HealthStatus.HEALTHY)
-            failing = [n for n, r in zip(checked, results, strict=True) if not r.is_healthy()]
+            labels = [*names, *(["key-value store"] if self.kv else [])]
+            failing = [n for n, r in zip(labels, results, strict=True) if not r.is_healthy()]
             message = (f"{len(failing)} of {len(results)} backends unhealthy: {', '.join(failing)}"
                        if failing else f"{len(results)} backends healthy")
-            details["events"] = self.events.stats()
             return HealthCheckResult(component="storage", status=worst, message=message,
                                      duration_ms=(time.perf_counter() - start) * 1000,
                                      details=details)

@@ -190,7 +190,7 @@ async def test_health_check_and_shell_context_on_a_booted_application(tmp_path: 
     async with Application.boot(name="cli-test", modules=[AppModule]) as app:
         result = await health_check(app.container)
         assert (result.component, result.status) == ("storage", HealthStatus.HEALTHY)
-        assert result.details is not None and result.details["docs"]["status"] == "healthy"
+        assert result.details is not None and result.details["backends"]["docs"]["status"] == "healthy"
         store = await shell_store(app.container)
         assert store is await app.container.resolve(BlobStoreProtocol)
 

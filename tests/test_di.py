@@ -32,7 +32,7 @@ from lexigram_storage import (
     StorageProvider,
     StorageS3Config,
 )
-from lexigram_storage.config import StorageOperationConfig
+from lexigram_storage.config import StorageKVConfig, StorageLocalConfig, StorageOperationConfig
 from lexigram_storage.errors import QuotaExceededError
 from lexigram_storage.registry import DriverContext
 from tests import support
@@ -277,16 +277,38 @@ async def test_health_reports_worst_status_with_details(running: list[Applicatio
     app = await start(running, app_with(providers=[provider]))
     healthy = await provider.health_check()
     assert healthy.status == HealthStatus.HEALTHY
-    assert set(healthy.details or {}) == {"avatars", "exports", "events"}
+    assert set(healthy.details or {}) == {"backends", "events"}
+    assert set((healthy.details or {})["backends"]) == {"avatars", "exports"}
     provider.drivers["exports"] = Unhealthy(name="exports")
     result = await provider.health_check(timeout=1)
     assert result.status == HealthStatus.UNHEALTHY
     assert "exports" in (result.message or "")
-    assert (result.details or {})["exports"]["status"] == "unhealthy"
-    assert "connection refused" in (result.details or {})["exports"]["error"]
-    assert (result.details or {})["avatars"]["status"] == "healthy"
+    backends = (result.details or {})["backends"]
+    assert backends["exports"]["status"] == "unhealthy"
+    assert "connection refused" in backends["exports"]["error"]
+    assert backends["avatars"]["status"] == "healthy"
     aggregate = await app.health_check()
     assert aggregate.status == HealthStatus.UNHEALTHY
+
+
+async def test_health_backends_named_events_and_kv_keep_their_own_details(
+        running: list[Application], tmp_path: Path) -> None:
+    config = StorageConfig(
+        backends=[NamedStorageConfig(name="events", driver="memory", primary=True),
+                  NamedStorageConfig(name="kv", driver="local",
+                                     local=StorageLocalConfig(root_dir=str(tmp_path / "files")))],
+        kv=StorageKVConfig(driver="memory"))
+    provider = StorageProvider(config)
+    await start(running, app_with(providers=[provider]))
+    result = await provider.health_check()
+    assert result.status == HealthStatus.HEALTHY
+    details = result.details or {}
+    assert set(details) == {"backends", "events", "kv"}
+    assert set(details["backends"]) == {"events", "kv"}
+    assert details["backends"]["events"]["status"] == "healthy"
+    assert details["backends"]["kv"]["root"] == str(tmp_path / "files")
+    assert "pending" in details["events"]
+    assert details["kv"]["storage_type"] == "memory"
 
 
 # --------------------------------------------------------------------- events through DI

@@ -8,6 +8,8 @@ primitives (a yield, an event), never by timing assumptions.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,6 +24,7 @@ from lexigram.events.module import EventsModule
 from lexigram_storage import (
     FileDeletedEvent,
     FileUploadedEvent,
+    LocalDriver,
     MemoryDriver,
     StorageConfig,
     StorageModule,
@@ -223,6 +226,100 @@ async def test_cancelled_waiter_keeps_its_place() -> None:
     await second
     await store.flush_events(5)
     assert gate.published == ["a", "b", "c", "d"]
+
+
+# --------------------------------------------------------------------- cancelled batch deletes
+
+KEYS = [f"k/{i:04d}" for i in range(1500)]  # two batches of clear() and delete_many()
+
+
+async def filled(kind: str, tmp_path: Path) -> MemoryDriver | LocalDriver:
+    store = MemoryDriver(name="batches") if kind == "memory" else LocalDriver(
+        tmp_path / "root", name="batches")
+    for key in KEYS:
+        await store.upload(key, b"x")
+    return store
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    """Let the loop run until *condition* holds (fails rather than hangs); local deletes run
+    in worker threads, so this may take many turns."""
+    for _ in range(1_000_000):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"never {what}")
+
+
+async def remaining(store: MemoryDriver | LocalDriver) -> list[str]:
+    return [info.path async for info in store.list()]
+
+
+@pytest.mark.parametrize("kind", ["memory", "local"])
+async def test_cancelled_clear_stops_after_the_batch_whose_events_wait(
+        kind: str, tmp_path: Path) -> None:
+    """Cancelled while the first batch's events wait for room, clear() queues them all, lists
+    and deletes nothing more, and raises ``CancelledError``."""
+    store = await filled(kind, tmp_path)
+    gate = Gate()
+    events = StorageEvents(publisher=gate, max_pending=10)
+    store.events = events
+    task = asyncio.create_task(store.clear("k/"))
+    await until(lambda: events.stats()["waiting"] > 0, "a deleted event waiting for room")
+    task.cancel()
+    for _ in range(100):
+        await asyncio.sleep(0)
+    assert not task.done()  # its batch's events still wait for room
+    assert await remaining(store) == KEYS[1000:]
+    gate.open.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await remaining(store) == KEYS[1000:]
+    await store.flush_events(10)
+    assert gate.published == KEYS[:1000]
+
+
+async def test_delete_many_under_an_expired_timeout_stops_after_its_batch() -> None:
+    store = await filled("memory", Path())
+    gate = Gate()
+    events = StorageEvents(publisher=gate, max_pending=10)
+    store.events = events
+    scopes: list[asyncio.Timeout] = []
+
+    async def call() -> None:
+        async with asyncio.timeout(None) as scope:
+            scopes.append(scope)
+            await store.delete_many(KEYS)
+
+    task = asyncio.create_task(call())
+    await until(lambda: events.stats()["waiting"] > 0, "a deleted event waiting for room")
+    scopes[0].reschedule(asyncio.get_running_loop().time())  # expires now
+    for _ in range(100):
+        await asyncio.sleep(0)
+    gate.open.set()
+    with pytest.raises(TimeoutError):
+        await task
+    assert await remaining(store) == KEYS[1000:]
+    await store.flush_events(10)
+    assert gate.published == KEYS[:1000]
+
+
+async def test_cancelled_delete_many_ends_its_batch_and_publishes_every_deleted_key(
+        tmp_path: Path) -> None:
+    """Cancelled in the middle of a batch of one-by-one deletes (the local driver's), the batch
+    still ends: every key it deleted has its event, and no further batch starts."""
+    store = await filled("local", tmp_path)
+    publisher = SlowPublisher()
+    store.events = StorageEvents(publisher=publisher)
+    first = tmp_path / "root" / KEYS[0]
+    task = asyncio.create_task(store.delete_many(KEYS))
+    await until(lambda: not first.exists(), "the first key deleted")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await remaining(store) == KEYS[1000:]
+    await store.flush_events(10)
+    assert publisher.published == [("FileDeletedEvent", key) for key in KEYS[:1000]]
 
 
 class Flaky:

@@ -67,6 +67,7 @@ async def test_configure_binds_a_connected_local_store(running: list[Application
     storage = next(c for c in health.components if c.component == "storage")
     assert storage.details is not None
     assert storage.details["kv"]["status"] == "healthy"
+    assert set(storage.details) == {"backends", "events", "kv"}
     assert storage.details["kv"]["path"] == str(kv.path)
     await app.stop()
     assert not (tmp_path / "kv" / (DATABASE_NAME + "-wal")).exists()  # disconnected

@@ -36,7 +36,7 @@ from lexigram_storage.errors import (
     StorageUnavailableError,
 )
 from lexigram_storage.payload import Payload, UploadRequest
-from tests.emulators import S3Settings, create_bucket
+from tests.emulators import S3Settings, create_bucket, s3_client_for
 
 
 def sha256(data: bytes) -> str:
@@ -269,6 +269,36 @@ async def test_presigned_get_and_put_with_a_real_http_client(store: S3Driver) ->
     assert await store.download("p/up load.json") == b'{"x": 1}'
     with pytest.raises(StorageUnsupportedOperationError, match="response_content_type"):
         await store.get_presigned_url("p/report.csv", 60, "PUT", response_content_type="x")
+
+
+@pytest.mark.parametrize("direct_requests", [True, False], ids=["direct", "aioboto3"])
+@pytest.mark.parametrize("server", ["rgw_server", "seaweedfs_server"])
+async def test_presigned_put_content_type_is_signed_on_a_real_server(
+        request: pytest.FixtureRequest, server: str, direct_requests: bool,
+        unique_name: str) -> None:
+    """A server that checks signatures accepts the signed ``Content-Type`` and refuses another
+    one; the stored object has the signed type."""
+    settings: S3Settings = request.getfixturevalue(server)
+    await create_bucket(settings, unique_name)
+    async with make_driver(settings, unique_name, region=settings.region,
+                           direct_requests=direct_requests) as driver:
+        await driver.prepare()
+        assert (driver._direct is not None) is direct_requests  # the path under test
+        url = await driver.get_presigned_url("p/doc.json", 300, "PUT",
+                                             content_type="application/json")
+        async with httpx.AsyncClient(timeout=10) as http:
+            other = await http.put(url, content=b"{}", headers={"Content-Type": "text/html"})
+            assert other.status_code == 403, other.text
+            assert not await driver.exists("p/doc.json")
+            signed = await http.put(url, content=b'{"a": 1}',
+                                    headers={"Content-Type": "application/json"})
+            assert signed.status_code == 200, signed.text
+        info = await driver.info("p/doc.json")
+        assert info.content_type == "application/json"
+        assert await driver.download("p/doc.json") == b'{"a": 1}'
+        await driver.delete("p/doc.json")
+    async with s3_client_for(settings) as client:
+        await client.delete_bucket(Bucket=unique_name)
 
 
 async def test_get_url_forms(s3_server: S3Settings) -> None:

@@ -62,25 +62,36 @@ class DriverContext:
     enable_encryption: bool = False
 
 
-async def await_to_end(work: Awaitable[_T]) -> _T:
+async def await_to_end(work: Awaitable[_T], *, consume: bool = True) -> _T:
     """Await *work* to its end even if the calling task is cancelled meanwhile.
 
     For the commit step of a write, after which a cancellation may no longer interrupt the call
     (the cancellation guarantee). *work* runs as its own task; cancellations of the caller while
     it runs are ignored and consumed (``uncancel``), so the caller gets *work*'s result (or its
     exception) as if no cancellation had come: it then returns normally, and ``asyncio.timeout``
-    simply exits without ``TimeoutError`` because the work finished. Only commits use it (one
-    task per network request or file commit is noise), never the per-call hot path."""
+    simply exits without ``TimeoutError`` because the work finished. Only commits and batch
+    deletes use it (one task per network request, file commit or batch is noise), never the
+    per-call hot path.
+
+    With *consume* ``False`` the cancellation is kept instead: once *work* has ended,
+    ``CancelledError`` is raised in place of its result (its exception, if it failed, still
+    propagates), for a call made of several steps that stops after the one in progress."""
     future = asyncio.ensure_future(work)
     caller = asyncio.current_task()
+    cancelled = False
     while True:
         try:
-            return await asyncio.shield(future)
+            result = await asyncio.shield(future)
         except asyncio.CancelledError:
             if future.cancelled():  # the work itself was cancelled, not (only) the caller
                 raise
-            if caller is not None:
+            cancelled = True
+            if consume and caller is not None:
                 caller.uncancel()
+            continue
+        if cancelled and not consume:
+            raise asyncio.CancelledError
+        return result
 
 
 class BaseDriver:
@@ -474,28 +485,38 @@ class BaseDriver:
         """Delete every key (missing keys count as deleted); return the keys now absent.
 
         All keys are validated first. When some keys fail, the others are still deleted and
-        ``StoragePartialDeleteError`` reports ``failed`` (key -> reason) and ``deleted``."""
+        ``StoragePartialDeleteError`` reports ``failed`` (key -> reason) and ``deleted``.
+        Keys go in batches of 1000; a cancellation lets the batch in progress end and queue its
+        events, then ``CancelledError`` is raised and no further batch starts."""
         keys = list(dict.fromkeys(validate_key(p, self.name) for p in paths))
         deleted: builtins.list[str] = []
         failed: dict[str, str] = {}
         for start in range(0, len(keys), _BATCH):
-            batch = keys[start:start + _BATCH]
-            with self._errors(batch[0]):
-                done, errors = await self._delete_many(batch)
+            # a cancellation lets the batch in progress end (its events queued), then stops
+            done, errors = await await_to_end(self._delete_batch(keys[start:start + _BATCH]),
+                                              consume=False)
             deleted.extend(done)
             failed.update(errors)
-            if self.events.active:
-                for key in done:
-                    await self.events.deleted(self.name, self.bucket, key)
         if failed:
             raise StoragePartialDeleteError(failed, deleted, backend=self.name)
         return deleted
+
+    async def _delete_batch(self, batch: Sequence[str]
+                            ) -> tuple[builtins.list[str], dict[str, str]]:
+        """Delete *batch* (``_delete_many``) and queue an event per key it deleted."""
+        with self._errors(batch[0]):
+            done, errors = await self._delete_many(batch)
+        if self.events.active:
+            for key in done:
+                await self.events.deleted(self.name, self.bucket, key)
+        return done, errors
 
     async def clear(self, prefix: str = "") -> int:
         """Delete every object whose key starts with *prefix*; return how many.
 
         Lists keys only (``_list_keys``), 1000 at a time, each batch deleted with
-        ``delete_many``; the next batch is listed after the last deleted key."""
+        ``delete_many``; the next batch is listed after the last deleted key. Cancelled, it
+        stops after the batch in progress, as ``delete_many`` does."""
         validate_prefix(prefix, self.name)
         total = 0
         after: str | None = None
