@@ -22,9 +22,11 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
+import aiohttp
 import pytest
+from aiohttp import web
 
 HOST = "127.0.0.1"
 
@@ -34,6 +36,45 @@ def free_port() -> int:
         s.bind((HOST, 0))
         port: int = s.getsockname()[1]
         return port
+
+
+class HttpProxy:
+    """An HTTP server on 127.0.0.1 in front of *upstream* for fault injection: subclasses
+    forward each request in ``_handle`` (with ``_session``) and alter what they must.
+    ``start()``/``close()``, or ``async with``; ``endpoint`` is its URL once started."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.endpoint = ""
+        self._runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        raise NotImplementedError
+
+    async def start(self) -> str:
+        self._session = aiohttp.ClientSession(auto_decompress=False)
+        app = web.Application(client_max_size=1024 ** 3)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        port = free_port()
+        await web.TCPSite(self._runner, HOST, port).start()
+        self.endpoint = f"http://{HOST}:{port}"
+        return self.endpoint
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._session is not None:
+            await self._session.close()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
 
 
 def stop_process(pid: int) -> None:

@@ -34,13 +34,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp import web
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from tests.emulators import HOST, Emulator, free_port
+from tests.emulators import HOST, Emulator, HttpProxy
 
 
 def fake_gcs_binary() -> str | None:
@@ -301,17 +300,14 @@ class _Rule:
 _HOP_BY_HOP = {"host", "content-length", "transfer-encoding", "connection", "keep-alive"}
 
 
-class FaultProxy:
+class FaultProxy(HttpProxy):
     """Forwards every request to *upstream*, records it in ``seen``, and applies the rules:
     ``answer()`` answers matching requests itself, ``corrupt()`` flips a byte of their body."""
 
     def __init__(self, upstream: str) -> None:
-        self.upstream = upstream
+        super().__init__(upstream)
         self.seen: list[Seen] = []
         self._rules: list[_Rule] = []
-        self._runner: web.AppRunner | None = None
-        self._session: aiohttp.ClientSession | None = None
-        self.endpoint = ""
         #: bytes each upload session (by upload_id) holds
         self.held: dict[str, int] = {}
 
@@ -331,22 +327,6 @@ class FaultProxy:
     def requests(self, method: str, path_part: str = "") -> list[Seen]:
         return [s for s in self.seen if s.method == method and path_part in s.path]
 
-    async def start(self) -> str:
-        self._session = aiohttp.ClientSession(auto_decompress=False)
-        app = web.Application(client_max_size=1024 ** 3)
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        port = free_port()
-        await web.TCPSite(self._runner, HOST, port).start()
-        self.endpoint = f"http://{HOST}:{port}"
-        return self.endpoint
-
-    async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-        if self._session is not None:
-            await self._session.close()
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         seen = Seen(request.method, request.raw_path.split("?")[0], dict(request.query),

@@ -9,7 +9,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp import web
 
@@ -19,7 +18,7 @@ from lexigram_storage.errors import (
     StorageRequestRejectedError,
 )
 from lexigram_storage.events import FileUploadedEvent, StorageEvents
-from tests.emulators import HOST, S3Settings, create_bucket, free_port, s3_client_for
+from tests.emulators import HOST, HttpProxy, S3Settings, create_bucket, free_port, s3_client_for
 from tests.test_s3 import sha256
 
 #: hop-by-hop and length headers the proxy leaves to aiohttp
@@ -33,7 +32,7 @@ class Seen:
     headers: dict[str, str]  # lower-case names
 
 
-class S3Proxy:
+class S3Proxy(HttpProxy):
     """Forwards every request to an S3 server as received (the signature stays valid) and
     its answer back, recording each request in ``seen``. ``drop()``: forward the next
     matching request, then close the connection instead of answering, or answer *status*
@@ -42,34 +41,15 @@ class S3Proxy:
     (``X-Amz-Meta-Lexigram-Sha256``), as MinIO, Traefik or Caddy do."""
 
     def __init__(self, upstream: str, *, canonical_names: bool = False) -> None:
-        self.upstream = upstream
+        super().__init__(upstream)
         self.canonical_names = canonical_names
         self.seen: list[Seen] = []
         #: the header names of the answers, as sent
         self.answered_names: set[str] = set()
         self._drops: list[tuple[Callable[[Seen], bool], int | None]] = []
-        self._runner: web.AppRunner | None = None
-        self._session: aiohttp.ClientSession | None = None
-        self.endpoint = ""
 
     def drop(self, match: Callable[[Seen], bool], status: int | None = None) -> None:
         self._drops.append((match, status))
-
-    async def __aenter__(self) -> S3Proxy:
-        self._session = aiohttp.ClientSession(auto_decompress=False)
-        app = web.Application(client_max_size=1024 ** 3)
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        port = free_port()
-        await web.TCPSite(self._runner, HOST, port).start()
-        self.endpoint = f"http://{HOST}:{port}"
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._runner is not None and self._session is not None
-        await self._runner.cleanup()
-        await self._session.close()
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         assert self._session is not None
