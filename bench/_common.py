@@ -3,6 +3,9 @@ timing and table of the driver-vs-raw-SDK benchmarks."""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import functools
 import gc
 import os
 import statistics
@@ -10,7 +13,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +84,69 @@ async def timed(fn: Callable[[], Awaitable[Any]], server_pid: int) -> tuple[floa
     await fn()
     wall = time.perf_counter() - t0
     return wall, time.process_time() - c0, cpu_seconds(server_pid) - s0
+
+
+@dataclass
+class Workload:
+    """One driver-vs-raw workload: *ours* and *raw* each run on a fresh bucket (or container)."""
+
+    label: str
+    ours: Callable[[str], Awaitable[None]]
+    raw: Callable[[str], Awaitable[None]]
+    rounds: int
+    big: bool = False  # a big upload: peak RSS measured, and labelled "... MiB upload ..."
+    seeded: bool = False  # the bucket gets the small objects first (the downloads)
+
+
+async def alternate(workloads: list[Workload], server_pid: int,
+                    fresh: Callable[[], Awaitable[str]],
+                    seed: Callable[[str], Awaitable[None]],
+                    after: Callable[[Workload, str], Awaitable[None]] | None = None,
+                    ) -> tuple[Timings, dict[str, dict[str, int]]]:
+    """Run every workload's rounds, ours and raw taking turns at going first (so a slow spell
+    of the machine hits both), each call on a bucket from *fresh* (seeded by *seed* for a
+    ``seeded`` workload, and handed to *after* once timed). The timings per workload and side,
+    and the peak RSS of the big ones."""
+    results: Timings = {}
+    rss: dict[str, dict[str, int]] = {}
+    for work in workloads:
+        times: dict[str, list[tuple[float, float, float]]] = {"ours": [], "raw": []}
+        peaks = {"ours": 0, "raw": 0}
+        for r in range(work.rounds):
+            order = [("ours", work.ours), ("raw", work.raw)]
+            if r % 2:
+                order.reverse()
+            for who, fn in order:
+                bucket = await fresh()
+                if work.seeded:
+                    await seed(bucket)
+                with PeakRSS() as peak:
+                    times[who].append(await timed(functools.partial(fn, bucket), server_pid))
+                peaks[who] = max(peaks[who], peak.above)
+                if after is not None:
+                    await after(work, bucket)
+        results[work.label] = times
+        rss[work.label] = peaks if work.big else {}
+        print(f"  done: {work.label}", file=sys.stderr)
+    return results, rss
+
+
+def run_driver_bench(main: Callable[[int, int, int, int, Path], Coroutine[Any, Any, None]],
+                     doc: str, big_rounds: int) -> None:
+    """The command line of a driver-vs-raw benchmark: parse the options, make the big file,
+    run ``main(small, rounds, big_rounds, big_mib, big_file)``, remove the file."""
+    parser = argparse.ArgumentParser(description=doc.split("\n", 1)[0])
+    parser.add_argument("--small", type=int, default=500, help="number of 4 KiB objects")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--big-rounds", type=int, default=big_rounds,
+                        help="rounds of the big uploads (the machine may be noisy)")
+    parser.add_argument("--big-mib", type=int, default=256)
+    args = parser.parse_args()
+    big_file = make_big_file(args.big_mib)
+    try:
+        asyncio.run(main(args.small, args.rounds, args.big_rounds, args.big_mib, big_file))
+    finally:
+        remove(big_file)
 
 
 def make_big_file(big_mib: int) -> Path:

@@ -23,8 +23,6 @@ digest.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import os
 import socket
 import subprocess
@@ -34,11 +32,11 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import MiB, PeakRSS, Timings, make_big_file, print_table, remove, timed
+from _common import MiB, Workload, alternate, print_table, run_driver_bench
 
 os.environ.setdefault("LEX_LOGGING__LEVEL", "CRITICAL")
 os.environ.setdefault("LEX_QUIET", "1")
@@ -91,8 +89,6 @@ async def main(n: int, rounds: int, big_rounds: int, big_mib: int, big: Path) ->
     proc, endpoint = start_azurite()
     small = os.urandom(4096)
     octets = ContentSettings(content_type="application/octet-stream")
-    results: Timings = {}
-    rss: dict[str, dict[str, int]] = {}
     try:
         ours = AzureDriver(ACCOUNT, KEY, "placeholder", account_url=endpoint, block_size=BLOCK,
                            block_upload_threshold=BLOCK, max_concurrency=CONCURRENCY, name="bench")
@@ -155,37 +151,21 @@ async def main(n: int, rounds: int, big_rounds: int, big_mib: int, big: Path) ->
             await ours_put(warm)
             await raw_put(warm)
 
-            workloads: list[tuple[str, Callable[[str], Awaitable[None]],
-                                  Callable[[str], Awaitable[None]], bool, int]] = [
-                (f"{n} x 4 KiB uploads, sequential", ours_put, raw_put, False, rounds),
-                (f"{n} x 4 KiB downloads, sequential", ours_get, raw_get, False, rounds),
-                (f"{big_mib} MiB upload from a file", ours_file, raw_file, True, big_rounds),
-                (f"{big_mib} MiB upload from an async iterator (64 KiB chunks)",
-                 ours_iter, raw_iter, True, big_rounds),
-            ]
-            for label, ours_fn, raw_fn, big_one, runs in workloads:
-                times: dict[str, list[tuple[float, float, float]]] = {"ours": [], "raw": []}
-                peaks: dict[str, int] = {"ours": 0, "raw": 0}
-                for r in range(runs):
-                    order = [("ours", ours_fn), ("raw", raw_fn)]
-                    if r % 2:
-                        order.reverse()
-                    for who, fn in order:
-                        container = await fresh_container()
-                        if "downloads" in label:
-                            await raw_put(container)
-                        with PeakRSS() as peak:
-                            times[who].append(await timed(lambda fn=fn, c=container: fn(c),
-                                                          proc.pid))
-                        peaks[who] = max(peaks[who], peak.above)
-                        if big_one:
-                            props = await raw.get_blob_client(container, "big.bin") \
-                                .get_blob_properties()
-                            assert props.size == big_mib * MiB, props.size
-                        await raw.delete_container(container)
-                results[label] = times
-                rss[label] = peaks if big_one else {}
-                print(f"  done: {label}", file=sys.stderr)
+            async def after(work: Workload, container: str) -> None:
+                if work.big:
+                    props = await raw.get_blob_client(container, "big.bin").get_blob_properties()
+                    assert props.size == big_mib * MiB, props.size
+                await raw.delete_container(container)
+
+            results, rss = await alternate([
+                Workload(f"{n} x 4 KiB uploads, sequential", ours_put, raw_put, rounds),
+                Workload(f"{n} x 4 KiB downloads, sequential", ours_get, raw_get, rounds,
+                         seeded=True),
+                Workload(f"{big_mib} MiB upload from a file", ours_file, raw_file, big_rounds,
+                         big=True),
+                Workload(f"{big_mib} MiB upload from an async iterator (64 KiB chunks)",
+                         ours_iter, raw_iter, big_rounds, big=True),
+            ], proc.pid, fresh_container, raw_put, after)
     finally:
         proc.terminate()
         proc.wait(10)
@@ -199,15 +179,4 @@ async def main(n: int, rounds: int, big_rounds: int, big_mib: int, big: Path) ->
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--small", type=int, default=500, help="number of 4 KiB objects")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--big-rounds", type=int, default=3,
-                        help="rounds of each big upload (the machine may be noisy)")
-    parser.add_argument("--big-mib", type=int, default=256)
-    args = parser.parse_args()
-    big_file = make_big_file(args.big_mib)
-    try:
-        asyncio.run(main(args.small, args.rounds, args.big_rounds, args.big_mib, big_file))
-    finally:
-        remove(big_file)
+    run_driver_bench(main, __doc__ or "", big_rounds=3)

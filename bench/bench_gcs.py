@@ -25,7 +25,6 @@ driver runs with its default settings (``chunk_size``, ``resumable_threshold``).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -35,11 +34,11 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import MiB, PeakRSS, Timings, make_big_file, print_table, remove, timed
+from _common import MiB, Workload, alternate, print_table, run_driver_bench
 
 os.environ.setdefault("LEX_LOGGING__LEVEL", "CRITICAL")
 os.environ.setdefault("LEX_QUIET", "1")
@@ -84,8 +83,6 @@ def create_bucket(endpoint: str) -> str:
 async def main(n: int, rounds: int, big_rounds: int, big_mib: int, big: Path) -> None:
     proc, endpoint = start_server()
     small = os.urandom(4096)
-    results: Timings = {}
-    rss: dict[str, dict[str, int]] = {}
     try:
         ours = GCSDriver("placeholder", endpoint_url=endpoint, name="bench")
         async with Storage(api_root=endpoint) as raw, ours:
@@ -138,33 +135,22 @@ async def main(n: int, rounds: int, big_rounds: int, big_mib: int, big: Path) ->
             await ours_put(warm)
             await raw_put(warm)
 
-            workloads: list[tuple[str, Callable[[str], Awaitable[None]],
-                                  Callable[[str], Awaitable[None]], bool, int]] = [
-                (f"{n} x 4 KiB uploads, sequential", ours_put, raw_put, False, rounds),
-                (f"{n} x 4 KiB downloads, sequential", ours_get, raw_get, False, rounds),
-                (f"{big_mib} MiB upload from a file", ours_file, raw_file, True, big_rounds),
-                (f"{big_mib} MiB upload from an async iterator (raw: its file upload)",
-                 ours_iter, raw_file, True, big_rounds),
-            ]
-            for label, ours_fn, raw_fn, big_upload, runs in workloads:
-                times: dict[str, list[tuple[float, float, float]]] = {"ours": [], "raw": []}
-                peaks: dict[str, int] = {"ours": 0, "raw": 0}
-                for r in range(runs):
-                    order = [("ours", ours_fn), ("raw", raw_fn)]
-                    if r % 2:
-                        order.reverse()
-                    for who, fn in order:
-                        bucket = create_bucket(endpoint)
-                        if "downloads" in label:
-                            await raw_put(bucket)
-                        with PeakRSS() as peak:
-                            times[who].append(await timed(lambda fn=fn, b=bucket: fn(b), proc.pid))
-                        peaks[who] = max(peaks[who], peak.above)
-                        if big_upload:
-                            await raw.delete(bucket, "big.bin")
-                results[label] = times
-                rss[label] = peaks if big_upload else {}
-                print(f"  done: {label}", file=sys.stderr)
+            async def fresh() -> str:
+                return create_bucket(endpoint)
+
+            async def after(work: Workload, bucket: str) -> None:
+                if work.big:
+                    await raw.delete(bucket, "big.bin")
+
+            results, rss = await alternate([
+                Workload(f"{n} x 4 KiB uploads, sequential", ours_put, raw_put, rounds),
+                Workload(f"{n} x 4 KiB downloads, sequential", ours_get, raw_get, rounds,
+                         seeded=True),
+                Workload(f"{big_mib} MiB upload from a file", ours_file, raw_file, big_rounds,
+                         big=True),
+                Workload(f"{big_mib} MiB upload from an async iterator (raw: its file upload)",
+                         ours_iter, raw_file, big_rounds, big=True),
+            ], proc.pid, fresh, raw_put, after)
     finally:
         proc.terminate()
         proc.wait(10)
@@ -176,15 +162,4 @@ async def main(n: int, rounds: int, big_rounds: int, big_mib: int, big: Path) ->
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--small", type=int, default=500, help="number of 4 KiB objects")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--big-rounds", type=int, default=3,
-                        help="rounds of the big uploads (the machine may be noisy)")
-    parser.add_argument("--big-mib", type=int, default=256)
-    args = parser.parse_args()
-    big_file = make_big_file(args.big_mib)
-    try:
-        asyncio.run(main(args.small, args.rounds, args.big_rounds, args.big_mib, big_file))
-    finally:
-        remove(big_file)
+    run_driver_bench(main, __doc__ or "", big_rounds=3)

@@ -25,8 +25,6 @@ parts are read (so a file that changes mid-upload is recorded correctly), and ke
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import os
 import socket
 import subprocess
@@ -34,11 +32,10 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import MiB, PeakRSS, Timings, make_big_file, print_table, remove, timed
+from _common import MiB, Workload, alternate, print_table, run_driver_bench
 
 os.environ.setdefault("LEX_LOGGING__LEVEL", "CRITICAL")
 os.environ.setdefault("LEX_QUIET", "1")
@@ -77,8 +74,6 @@ def start_moto() -> tuple[subprocess.Popen[bytes], str]:
 async def main(n: int, rounds: int, big_rounds: int, big_mib: int, big: Path) -> None:
     proc, endpoint = start_moto()
     small = os.urandom(4096)
-    results: Timings = {}
-    rss: dict[str, dict[str, int]] = {}
     #: one driver per bucket (a driver's bucket is fixed), ready before it is timed
     drivers: dict[str, S3Driver] = {}
     try:
@@ -138,32 +133,17 @@ async def main(n: int, rounds: int, big_rounds: int, big_mib: int, big: Path) ->
             await ours_put(warm)
             await raw_put(warm)
 
-            workloads: list[tuple[str, Callable[[str], Awaitable[None]],
-                                  Callable[[str], Awaitable[None]], bool, int]] = [
-                (f"{n} x 4 KiB PutObject, sequential", ours_put, raw_put, False, rounds),
-                (f"{n} x 4 KiB GetObject, sequential", ours_get, raw_get, False, rounds),
-                (f"{big_mib} MiB upload from a file (multipart vs upload_fileobj)",
-                 ours_big, raw_big, True, big_rounds),
-            ]
-            for label, ours_fn, raw_fn, measure_rss, runs in workloads:
-                times: dict[str, list[tuple[float, float, float]]] = {"ours": [], "raw": []}
-                peaks: dict[str, int] = {"ours": 0, "raw": 0}
-                for r in range(runs):
-                    order = [("ours", ours_fn), ("raw", raw_fn)]
-                    if r % 2:
-                        order.reverse()
-                    for who, fn in order:
-                        bucket = await fresh_bucket()
-                        if "GetObject" in label:
-                            await raw_put(bucket)
-                        with PeakRSS() as peak:
-                            times[who].append(await timed(lambda fn=fn, b=bucket: fn(b), proc.pid))
-                        peaks[who] = max(peaks[who], peak.above)
-                        if measure_rss:
-                            await raw.delete_object(Bucket=bucket, Key="big.bin")
-                results[label] = times
-                rss[label] = peaks if measure_rss else {}
-                print(f"  done: {label}", file=sys.stderr)
+            async def after(work: Workload, bucket: str) -> None:
+                if work.big:
+                    await raw.delete_object(Bucket=bucket, Key="big.bin")
+
+            results, rss = await alternate([
+                Workload(f"{n} x 4 KiB PutObject, sequential", ours_put, raw_put, rounds),
+                Workload(f"{n} x 4 KiB GetObject, sequential", ours_get, raw_get, rounds,
+                         seeded=True),
+                Workload(f"{big_mib} MiB upload from a file (multipart vs upload_fileobj)",
+                         ours_big, raw_big, big_rounds, big=True),
+            ], proc.pid, fresh_bucket, raw_put, after)
     finally:
         for each in drivers.values():
             await each.close()
@@ -177,15 +157,4 @@ async def main(n: int, rounds: int, big_rounds: int, big_mib: int, big: Path) ->
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--small", type=int, default=500, help="number of 4 KiB objects")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--big-rounds", type=int, default=5,
-                        help="rounds of the big upload (the machine may be noisy)")
-    parser.add_argument("--big-mib", type=int, default=256)
-    args = parser.parse_args()
-    big_file = make_big_file(args.big_mib)
-    try:
-        asyncio.run(main(args.small, args.rounds, args.big_rounds, args.big_mib, big_file))
-    finally:
-        remove(big_file)
+    run_driver_bench(main, __doc__ or "", big_rounds=5)
