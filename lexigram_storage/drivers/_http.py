@@ -38,14 +38,17 @@ import asyncio
 import functools
 import io
 import random
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from aiohttp import ServerTimeoutError
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.payload import Payload
 
 __all__ = ["SLICE_SIZE", "SMALL_BODY", "IdleBoundedPayload", "aiobotocore_session_class",
-           "idle_bounded_body", "retry_delay"]
+           "idle_bounded_body", "retry_delay", "retrying"]
+
+T = TypeVar("T")
 
 #: the longest wait between two attempts, in seconds (botocore's standard mode)
 RETRY_DELAY_CAP = 20.0
@@ -56,6 +59,21 @@ def retry_delay(failures: int) -> float:
     ``[0, min(20, 2 ** (failures - 1))]`` ("full jitter"), botocore's standard retry mode, so that
     every driver backs off alike and clients that failed together do not retry together."""
     return random.uniform(0, min(RETRY_DELAY_CAP, 2.0 ** min(failures - 1, 16)))
+
+
+async def retrying(attempt: Callable[[], Awaitable[T]], max_attempts: int,
+                   retryable: Callable[[Exception], bool]) -> T:
+    """Run *attempt* up to *max_attempts* times while it fails with an exception *retryable*
+    accepts, waiting :func:`retry_delay` between attempts; the last failure is raised."""
+    failures = 1
+    while True:
+        try:
+            return await attempt()
+        except Exception as exc:
+            if failures >= max_attempts or not retryable(exc):
+                raise
+        await asyncio.sleep(retry_delay(failures))
+        failures += 1
 
 
 #: bodies up to this size are sent as they are: asyncio's default high-water mark, below which

@@ -27,7 +27,6 @@ deadline of ``_http.idle_bounded_body``.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import hashlib
@@ -46,7 +45,7 @@ from aiohttp.helpers import get_env_proxy_for_url
 from multidict import CIMultiDictProxy
 from yarl import URL
 
-from lexigram_storage.drivers._http import idle_bounded_body, retry_delay
+from lexigram_storage.drivers._http import idle_bounded_body, retrying
 
 __all__ = ["DirectS3", "Response"]
 
@@ -63,6 +62,16 @@ RETRY_CODES = frozenset({
 #: failures of an attempt that botocore retries (connection errors, read timeouts)
 RETRY_EXCEPTIONS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError,
                     ConnectionError)
+
+
+def _retryable(exc: Exception) -> bool:
+    """What botocore's standard mode retries: a connection failure or read timeout, or an
+    answer with a transient or throttling status or error code."""
+    if isinstance(exc, boto_exc.ClientError):
+        error = exc.response["Error"]
+        status = exc.response["ResponseMetadata"]["HTTPStatusCode"]
+        return status in RETRY_STATUSES or error["Code"] in RETRY_CODES
+    return isinstance(exc, RETRY_EXCEPTIONS)
 #: response checksums validated on a GetObject (botocore's without awscrt: no CRC32C/CRC64NVME)
 _CHECKSUMS: dict[str, Callable[[bytes], bytes]] = {
     "x-amz-checksum-crc32": lambda data: zlib.crc32(data).to_bytes(4, "big"),
@@ -157,8 +166,8 @@ class DirectS3:
                     body: bytes = b"", body_sha256: str = EMPTY_SHA256) -> Response:
         path = f"{self.base_path}/{quote(key, safe='/~')}"
         url = URL(self.base_url + path, encoded=True)  # sent exactly as signed
-        attempt = 1
-        while True:
+
+        async def attempt() -> Response:
             signed = await self._signed(method, path, headers, body_sha256)
             try:
                 # a redirect is an answer, as for botocore: never followed (aiohttp would
@@ -169,22 +178,13 @@ class DirectS3:
                         allow_redirects=False,
                 ) as answer:
                     data = b"" if method == "HEAD" else await answer.read()
-                    if answer.status < 300:
-                        return Response(answer.status, answer.headers, data)
-                    error = _client_error(answer.status, answer.reason, answer.headers, data,
-                                          operation)
             except ValueError as exc:  # aiohttp refusing a header with CR/LF...
                 raise boto_exc.HTTPClientError(error=exc) from exc
-            except RETRY_EXCEPTIONS:
-                if attempt >= self.max_attempts:
-                    raise
-            else:
-                code = error.response["Error"]["Code"]
-                if attempt >= self.max_attempts or not (answer.status in RETRY_STATUSES
-                                                        or code in RETRY_CODES):
-                    raise error
-            await asyncio.sleep(retry_delay(attempt))
-            attempt += 1
+            if answer.status >= 300:
+                raise _client_error(answer.status, answer.reason, answer.headers, data, operation)
+            return Response(answer.status, answer.headers, data)
+
+        return await retrying(attempt, self.max_attempts, _retryable)
 
     async def _signed(self, method: str, path: str, headers: Mapping[str, str],
                       body_sha256: str) -> dict[str, str]:

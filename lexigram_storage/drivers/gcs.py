@@ -56,7 +56,12 @@ from urllib.parse import quote, urlsplit
 from lexigram.contracts.infra.storage import StorageError
 
 from lexigram_storage.config import StorageGCSConfig, settings_from
-from lexigram_storage.drivers._http import IdleBoundedPayload, idle_bounded_body, retry_delay
+from lexigram_storage.drivers._http import (
+    IdleBoundedPayload,
+    idle_bounded_body,
+    retry_delay,
+    retrying,
+)
 from lexigram_storage.drivers._parts import PartRules, upload
 from lexigram_storage.drivers.base import BaseDriver, await_to_end, create_only_conflict
 from lexigram_storage.errors import (
@@ -400,17 +405,9 @@ class GCSDriver(BaseDriver):
         return await self._retrying(attempt, True)
 
     async def _retrying(self, attempt: Callable[[], Awaitable[_T]], idempotent: bool) -> _T:
-        """Run *attempt* up to ``max_attempts`` times while its failures are retryable,
-        waiting :func:`retry_delay` between attempts."""
-        tries = 1
-        while True:
-            try:
-                return await attempt()
-            except Exception as exc:
-                if tries >= self.max_attempts or not _retryable(exc, idempotent):
-                    raise
-            await asyncio.sleep(retry_delay(tries))
-            tries += 1
+        """Run *attempt* up to ``max_attempts`` times while its failures are retryable."""
+        return await retrying(attempt, self.max_attempts,
+                              lambda exc: _retryable(exc, idempotent))
 
     def _object_url(self, key: str) -> str:
         return f"{self._objects_url}/{quote(key, safe='')}"
